@@ -1,0 +1,225 @@
+"""Training images by name, decoded once into a uint8 tensor and cached on disk.
+
+Names: `folder:<path>`, `digits` (scikit-learn's bundled 8x8 digits), `fashion-mnist` (Debian's
+`dataset-fashion-mnist` files when present, else torchvision's downloader), `mnist`, `cifar10`, `celeba`
+(torchvision, downloaded when the machine is online) and `fake` (seeded noise, for smoke tests).
+
+Preprocessing is the seed article's: Resize(img_size) + CenterCrop(img_size), then [-1, 1] at batch time
+(`to_model_range`). Decoding happens once per (source files, size, channels): the result is an .npy file in
+the cache directory named by a hash of exactly those, so no epoch pays PIL decoding again.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+BUILTIN = ("digits", "fashion-mnist", "mnist", "cifar10", "celeba", "fake")
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # refuse decompression bombs long before memory runs out
+CACHE_VERSION = "1"  # bump when preprocessing changes so stale caches are not reused
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used; the message names the dataset or file."""
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Decoded images ready for training: uint8, shape (N, C, H, W)."""
+
+    name: str
+    images: torch.Tensor
+    source_hash: str
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def to_model_range(batch_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1], the range of G's Tanh."""
+    return batch_uint8.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(batch: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255] with rounding, on the CPU."""
+    return batch.detach().float().add(1.0).mul(127.5).round_().clamp_(0, 255).to(torch.uint8).cpu()
+
+
+def load_images(name: str, img_size: int, img_channels: int, cache_dir: Path | None = None,
+                download_root: Path | None = None) -> ImageSet:
+    """Return the dataset `name` at img_size x img_size with img_channels channels."""
+    if name.startswith("folder:"):
+        return _cached(name, _folder_source(Path(name[len("folder:"):])), img_size, img_channels, cache_dir)
+    if name == "fake":
+        return ImageSet(name, _fake_images(img_size, img_channels), "fake")
+    loaders: dict[str, Callable[[Path | None], _Source]] = {
+        "digits": lambda _root: _digits_source(),
+        "fashion-mnist": _fashion_mnist_source,
+        "mnist": lambda root: _torchvision_source("MNIST", root),
+        "cifar10": lambda root: _torchvision_source("CIFAR10", root),
+        "celeba": lambda root: _torchvision_source("CelebA", root),
+    }
+    if name not in loaders:
+        raise DataError(f"dataset {name!r}: unknown; use folder:<path> or one of {', '.join(BUILTIN)}")
+    root = download_root or (cache_dir / "downloads" if cache_dir else Path(tempfile.gettempdir()) / "dcgan-data")
+    return _cached(name, loaders[name](root), img_size, img_channels, cache_dir)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A dataset before decoding: a content hash and a way to yield PIL images or uint8 arrays."""
+
+    digest: str
+    count: int
+    items: Callable[[], Iterable[Image.Image | np.ndarray]]
+
+
+def _cached(name: str, source: _Source, img_size: int, img_channels: int, cache_dir: Path | None) -> ImageSet:
+    key = hashlib.sha256(f"{CACHE_VERSION}|{source.digest}|{img_size}|{img_channels}".encode()).hexdigest()[:24]
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name.split("/")[-1])[:40]
+    path = cache_dir / f"{safe}-{key}.npy" if cache_dir else None
+    if path is not None and path.exists():
+        array = np.load(path, allow_pickle=False)
+    else:
+        array = _decode_all(name, source, img_size, img_channels)
+        if path is not None:
+            _atomic_save(path, array)
+    return ImageSet(name, torch.from_numpy(array), key)
+
+
+def _decode_all(name: str, source: _Source, img_size: int, img_channels: int) -> np.ndarray:
+    out = np.empty((source.count, img_channels, img_size, img_size), dtype=np.uint8)
+    mode = "L" if img_channels == 1 else "RGB"
+    n = 0
+    for item in source.items():
+        image = Image.fromarray(item) if isinstance(item, np.ndarray) else item
+        image = image.convert(mode)
+        tensor = TF.pil_to_tensor(TF.center_crop(TF.resize(image, img_size), img_size))
+        out[n] = tensor.numpy()
+        n += 1
+    if n == 0:
+        raise DataError(f"dataset {name!r}: no images")
+    return out[:n]
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----- sources -----
+
+def _folder_source(root: Path) -> _Source:
+    if not root.is_dir():
+        raise DataError(f"dataset folder {str(root)!r}: not a directory")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"dataset folder {str(root)!r}: empty, no image files found")
+    for path in files:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"dataset folder {str(root)!r}: {path.relative_to(root)} is not an allowed image "
+                            f"file (allowed: {', '.join(IMAGE_SUFFIXES)})")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+
+    def items() -> Iterable[Image.Image]:
+        for path in files:
+            yield _open_image(path, root)
+
+    return _Source(digest.hexdigest(), len(files), items)
+
+
+def _open_image(path: Path, root: Path) -> Image.Image:
+    """Open and fully decode one file; a bad file is a DataError naming it."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.format is None or f".{image.format.lower()}" not in IMAGE_SUFFIXES + (".jpeg",):
+                raise DataError(f"{path.relative_to(root)}: format {image.format} is not allowed")
+            return image.copy()
+    except DataError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"dataset folder {str(root)!r}: {path.relative_to(root)} is not a readable image "
+                        f"({exc.__class__.__name__}: {exc})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _digits_source() -> _Source:
+    from sklearn.datasets import load_digits
+
+    # 8x8 intensities 0..16 -> 0..255; upscaling to img_size happens in _decode_all.
+    images = (load_digits().images * (255.0 / 16.0)).round().astype(np.uint8)
+    return _array_source(images)
+
+
+def _array_source(images: np.ndarray) -> _Source:
+    digest = hashlib.sha256(images.tobytes() + str(images.shape).encode()).hexdigest()
+    return _Source(digest, len(images), lambda: iter(images))
+
+
+def read_idx_images(path: Path) -> np.ndarray:
+    """Read an IDX3 image file (gzip or raw), the format of MNIST and Fashion-MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 16 or int.from_bytes(data[0:4], "big") != 2051:
+        raise DataError(f"{path}: not an IDX3 image file")
+    count, rows, cols = (int.from_bytes(data[i:i + 4], "big") for i in (4, 8, 12))
+    if len(data) != 16 + count * rows * cols:
+        raise DataError(f"{path}: truncated IDX3 file")
+    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(count, rows, cols)
+
+
+def _fashion_mnist_source(download_root: Path | None) -> _Source:
+    local = DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz"
+    if local.exists():
+        return _array_source(read_idx_images(local))
+    return _torchvision_source("FashionMNIST", download_root)
+
+
+def _torchvision_source(class_name: str, download_root: Path | None) -> _Source:
+    import torchvision.datasets as tvd
+
+    root = Path(download_root or Path(tempfile.gettempdir()) / "dcgan-data")
+    kwargs = {"split": "train"} if class_name == "CelebA" else {"train": True}
+    try:
+        dataset = getattr(tvd, class_name)(str(root), download=True, **kwargs)
+    except Exception as exc:  # network or archive errors: turn them into one line naming the dataset
+        raise DataError(f"dataset {class_name}: could not load or download into {root} "
+                        f"({exc.__class__.__name__}: {exc})") from exc
+    digest = hashlib.sha256(f"{class_name}|{len(dataset)}".encode())
+    if hasattr(dataset, "data"):
+        data = dataset.data.numpy() if isinstance(dataset.data, torch.Tensor) else np.asarray(dataset.data)
+        return _array_source(data)
+    return _Source(digest.hexdigest(), len(dataset), lambda: (dataset[i][0] for i in range(len(dataset))))
+
+
+def _fake_images(img_size: int, img_channels: int, count: int = 512) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (count, img_channels, img_size, img_size), dtype=torch.uint8,
+                         generator=generator)

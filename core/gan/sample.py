@@ -1,0 +1,203 @@
+"""Deterministic sampling from an exported generator.
+
+Each image depends only on its own seed: z for seed s is drawn from a CPU generator seeded with s (so
+it is the same on every device), and G runs in eval mode (BatchNorm uses its running statistics, not the
+batch's) in fixed-size micro-batches, so seed 7 gives the same picture alone or inside a batch of 64.
+
+Fast paths (`SamplerOptions`): bf16 autocast, channels_last, torch.compile and dynamic int8 quantization.
+Quantization is kept only where it holds quality: `psnr` measures any path against fp32 and the
+sample_latency benchmark reports it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from .checkpoint import CheckpointError, atomic_write, load_module_state, read_generator
+from .config import TrainConfig
+from .data import to_uint8
+from .models import Generator, build_generator
+
+# Every forward pass sees exactly this many samples (the last chunk is padded): a batch-size-dependent
+# kernel choice can then never make seed 7 differ between a run of 1 seed and a run of 64.
+MICRO_BATCH = 16
+MAX_SEEDS = 100_000
+
+
+class SampleError(ValueError):
+    """Bad sampling input (seed list, truncation, frame count)."""
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16"
+    channels_last: bool = False
+    compile: bool = False
+    quantize: bool = False  # dynamic int8; see bench/sample_latency.py for its PSNR against fp32
+
+
+def noise_for_seeds(seeds: Sequence[int], z_dim: int, truncation: float = 1.0) -> torch.Tensor:
+    """z (N, z_dim, 1, 1) on the CPU; row i depends only on seeds[i].
+
+    Truncation psi in (0, 1] pulls z towards the mean of its prior (0), trading variety for fidelity as
+    StyleGAN's truncation trick does (Karras et al., 2019); 1.0 leaves z as drawn.
+    """
+    if not 0 < truncation <= 1:
+        raise SampleError(f"truncation must be in (0, 1], got {truncation}")
+    rows = [torch.randn(z_dim, generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
+    if not rows:
+        return torch.empty(0, z_dim, 1, 1)
+    return (torch.stack(rows) * truncation).view(len(seeds), z_dim, 1, 1)
+
+
+def parse_seeds(spec: str | Iterable[int]) -> list[int]:
+    """`"0-63"`, `"1,5,9-12"` or a list of ints -> list of seeds (order kept)."""
+    if not isinstance(spec, str):
+        seeds = [int(s) for s in spec]
+    else:
+        seeds = []
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            if not match:
+                raise SampleError(f"seeds: {part!r} is not a seed or a range like 0-63")
+            start, end = int(match[1]), int(match[2] or match[1])
+            if end < start:
+                raise SampleError(f"seeds: range {part!r} runs backwards")
+            if end - start + 1 + len(seeds) > MAX_SEEDS:
+                raise SampleError(f"seeds: more than {MAX_SEEDS} seeds")
+            seeds.extend(range(start, end + 1))
+    if not seeds:
+        raise SampleError("seeds: none given")
+    if len(seeds) > MAX_SEEDS:
+        raise SampleError(f"seeds: more than {MAX_SEEDS} seeds")
+    if any(s < 0 or s >= 2**63 for s in seeds):
+        raise SampleError("seeds: each seed must be in [0, 2^63)")
+    return seeds
+
+
+class Sampler:
+    """A loaded generator ready to turn seeds into images."""
+
+    def __init__(self, generator: Generator, config: TrainConfig, device: str | torch.device = "cpu",
+                 options: SamplerOptions = SamplerOptions()):
+        self.config = config
+        self.device = torch.device(device)
+        self.options = options
+        model = generator.to(self.device).eval().requires_grad_(False)
+        if options.quantize:
+            model = _quantize(model)
+        if options.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = torch.compile(model) if options.compile else model
+
+    @classmethod
+    def from_file(cls, path: Path, device: str | torch.device = "cpu",
+                  options: SamplerOptions = SamplerOptions()) -> "Sampler":
+        config, weights = read_generator(Path(path))
+        generator = build_generator(config)
+        load_module_state(generator, weights, str(path))
+        return cls(generator, config, device, options)
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """z (N, z_dim, 1, 1) -> images (N, C, H, W) float in [-1, 1] on the CPU."""
+        outputs = []
+        for start in range(0, z.shape[0], MICRO_BATCH):
+            chunk = z[start:start + MICRO_BATCH]
+            count = chunk.shape[0]
+            if count < MICRO_BATCH:
+                chunk = torch.cat([chunk, chunk.new_zeros(MICRO_BATCH - count, *chunk.shape[1:])])
+            chunk = chunk.to(self.device)
+            with _autocast(self.device, self.options.precision):
+                images = self.model(chunk)
+            outputs.append(images[:count].float().cpu())
+        return torch.cat(outputs) if outputs else torch.empty(0)
+
+    def images_for_seeds(self, seeds: Sequence[int], truncation: float = 1.0) -> torch.Tensor:
+        return self.generate(noise_for_seeds(seeds, self.config.z_dim, truncation))
+
+    def interpolate(self, seed_a: int, seed_b: int, frames: int = 16, truncation: float = 1.0) -> torch.Tensor:
+        """Spherical interpolation between two seeds' z (Gaussian noise lives near a sphere)."""
+        if not 2 <= frames <= 1000:
+            raise SampleError(f"frames must be between 2 and 1000, got {frames}")
+        z = noise_for_seeds([seed_a, seed_b], self.config.z_dim, truncation).flatten(1)
+        return self.generate(slerp(z[0], z[1], torch.linspace(0, 1, frames)).view(frames, -1, 1, 1))
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    omega = torch.arccos(torch.clamp(torch.dot(a / a.norm(), b / b.norm()), -1.0, 1.0))
+    if omega.abs() < 1e-6:
+        return torch.lerp(a, b, t[:, None])
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so)[:, None] * a + (torch.sin(t * omega) / so)[:, None] * b
+
+
+def grid_image(images: torch.Tensor, nrow: int = 8) -> Image.Image:
+    """Images in [-1, 1] -> one PIL grid via torchvision's make_grid (2-pixel padding)."""
+    grid = make_grid(to_uint8(images), nrow=max(1, nrow), padding=2, pad_value=0)
+    return _to_pil(grid)
+
+
+def image_list(images: torch.Tensor) -> list[Image.Image]:
+    return [_to_pil(image) for image in to_uint8(images)]
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")  # PIL's PNG encoder is deterministic for equal pixels
+    return buffer.getvalue()
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    data = png_bytes(image)
+    atomic_write(Path(path), lambda f: f.write(data))
+
+
+def save_gif(frames: Sequence[Image.Image], path: Path, duration_ms: int = 80) -> None:
+    def write(f) -> None:
+        frames[0].save(f, format="GIF", save_all=True, append_images=list(frames[1:]), duration=duration_ms,
+                       loop=0)
+
+    atomic_write(Path(path), write)
+
+
+def default_nrow(count: int) -> int:
+    return max(1, int(math.ceil(math.sqrt(count))))
+
+
+def _to_pil(tensor_uint8: torch.Tensor) -> Image.Image:
+    array = tensor_uint8.permute(1, 2, 0).numpy()
+    if array.shape[2] == 1:
+        return Image.fromarray(array[:, :, 0], mode="L")
+    return Image.fromarray(array, mode="RGB")
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        raise SampleError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _quantize(model: Generator) -> Generator:
+    """Dynamic int8 quantization where torch supports it for ConvTranspose2d; else a clear error."""
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as exc:  # pragma: no cover - depends on the torch build
+        raise CheckpointError(f"int8 quantization is not available in this torch ({exc})") from None
+    quantized = quantize_dynamic(model.cpu(), {torch.nn.ConvTranspose2d}, dtype=torch.qint8)
+    if not any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in quantized.modules()):
+        raise SampleError("int8 dynamic quantization does not support ConvTranspose2d in this torch; "
+                          "use precision bf16 instead")
+    return quantized

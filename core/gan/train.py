@@ -1,0 +1,381 @@
+"""The DCGAN training loop with full-state resume.
+
+Per step: one D update on a real and a fake batch, then one non-saturating G update (Goodfellow et al.,
+2014, section 3; the DCGAN paper's recipe). Unlike the seed article's loop, D's gradients are zeroed before
+each D update (the seed never zeroes them, so they pile up across steps), D's parameters are frozen during
+the G update (their gradients would be thrown away), and D ends in a logit (BCE with logits).
+
+The loop talks to its host only through arguments and callbacks, as stylegan2-ada-pytorch's
+training_loop does: `on_progress(Progress)`, `should_stop() -> bool` (checked every step; a stop writes a
+final checkpoint and returns normally), `on_checkpoint(path, step)` and `on_sample(path, step)`.
+
+Resume is exact: a checkpoint holds every piece of state the next step reads (weights, EMA, optimisers,
+scaler, the epoch's order and position, every RNG), so on the same device 10 steps + resume + 10 steps give
+bit-identical weights to 20 uninterrupted steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .augment import diff_augment
+from .checkpoint import (CheckpointError, export_generator, load_module_state, load_training_state,
+                         save_training_state)
+from .config import ConfigError, TrainConfig
+from .data import ImageSet, to_model_range
+from .models import ExponentialMovingAverage, build_discriminator, build_generator, init_dcgan_weights
+from .sample import grid_image, noise_for_seeds, save_png
+
+# Datasets up to this size live on the training device for the whole run; larger ones are indexed on the
+# CPU and each batch is copied over.
+DEVICE_RESIDENT_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total_steps: int
+    epoch: int
+    loss_d: float
+    loss_g: float
+    d_real: float  # mean D(x): D's probability that real images are real
+    d_fake: float  # mean D(G(z)) during the D update
+    images_per_second: float
+    eta_seconds: float
+    elapsed_seconds: float
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.step / self.total_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "percent": round(self.percent, 2)}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    step: int
+    total_steps: int
+    stopped: bool  # True when should_stop() ended the run early
+    generator_path: Path
+    checkpoint_path: Path
+    grid_path: Path
+
+
+@dataclass
+class Callbacks:
+    on_progress: Callable[[Progress], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    on_checkpoint: Callable[[Path, int], None] | None = None
+    on_sample: Callable[[Path, int], None] | None = None
+
+
+@dataclass
+class RunPaths:
+    """Where a run writes; the layout users and the worker rely on."""
+
+    root: Path
+    checkpoints: Path = field(init=False)
+    samples: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.checkpoints = self.root / "checkpoints"
+        self.samples = self.root / "samples"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:07d}.pt"
+
+    def sample(self, step: int) -> Path:
+        return self.samples / f"step-{step:07d}.png"
+
+    @property
+    def generator(self) -> Path:
+        return self.root / "generator.safetensors"
+
+    @property
+    def grid(self) -> Path:
+        return self.root / "grid.png"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 where the hardware computes it natively, else fp32 (measured: emulated bf16 on a
+    CPU without AVX512-BF16/AMX is slower than fp32)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def total_steps_for(config: TrainConfig, num_images: int) -> int:
+    if config.steps is not None:
+        return config.steps
+    return config.epochs * steps_per_epoch(config, num_images)
+
+
+def steps_per_epoch(config: TrainConfig, num_images: int) -> int:
+    return max(1, num_images // min(config.batch_size, num_images))
+
+
+class Trainer:
+    """One run: models, optimisers and the data cursor, built fresh or from a checkpoint."""
+
+    def __init__(self, config: TrainConfig, data: ImageSet, out_dir: Path, device: str | torch.device = "auto"):
+        if len(data) == 0:
+            raise ConfigError("dataset", "has no images")
+        if tuple(data.images.shape[1:]) != (config.img_channels, config.img_size, config.img_size):
+            raise ConfigError("dataset", f"images are {tuple(data.images.shape[1:])}, config needs "
+                                         f"{(config.img_channels, config.img_size, config.img_size)}")
+        self.config = config
+        self.data = data
+        self.paths = RunPaths(out_dir)
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(config.precision, self.device)
+        self.batch_size = min(config.batch_size, len(data))
+        self.total_steps = total_steps_for(config, len(data))
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+
+        # Weights are drawn from the run's seed without touching the process-wide RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.G = build_generator(config)
+            self.D = build_discriminator(config)
+            self.G.apply(init_dcgan_weights)
+            self.D.apply(init_dcgan_weights)
+        self.G.to(self.device, memory_format=self.memory_format)
+        self.D.to(self.device, memory_format=self.memory_format)
+        self.ema = ExponentialMovingAverage(self.G, config.ema) if config.ema > 0 else None
+        fused = self.device.type in ("cuda", "cpu")
+        betas = (config.beta1, config.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas, fused=fused)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=betas, fused=fused)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.G_step = torch.compile(self.G) if config.compile else self.G
+        self.D_step = torch.compile(self.D) if config.compile else self.D
+
+        # All randomness of the loop: one generator for the data order (CPU), one for noise + augmentation.
+        self.data_rng = torch.Generator().manual_seed(config.seed)
+        self.noise_rng = torch.Generator(self.device).manual_seed(config.seed + 1)
+        resident = data.images.numel() <= DEVICE_RESIDENT_BYTES
+        self.images = data.images.to(self.device) if resident else data.images
+        self.step = 0
+        self.epoch = 0
+        self.position = 0
+        self.order = torch.randperm(len(data), generator=self.data_rng)
+        self.fixed_noise = noise_for_seeds(range(config.num_samples), config.z_dim)
+
+    # ----- state -----
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "dataset": self.data.name,
+            "dataset_hash": self.data.source_hash,
+            "step": self.step, "epoch": self.epoch, "position": self.position, "order": self.order,
+            "G": self.G.state_dict(), "D": self.D.state_dict(),
+            "G_ema": self.ema.model.state_dict() if self.ema else None,
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {"data": self.data_rng.get_state(), "noise": self.noise_rng.get_state()},
+            "device_type": self.device.type,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: str) -> None:
+        load_module_state(self.G, state["G"], f"{source}: generator")
+        load_module_state(self.D, state["D"], f"{source}: discriminator")
+        if self.ema is not None:
+            if state.get("G_ema") is None:
+                raise CheckpointError(f"{source}: has no EMA generator but the config enables ema")
+            load_module_state(self.ema.model, state["G_ema"], f"{source}: EMA generator")
+        try:
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.data_rng.set_state(state["rng"]["data"])
+            if state.get("device_type") == self.device.type:
+                self.noise_rng.set_state(state["rng"]["noise"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{source}: optimiser or RNG state does not fit ({exc})") from None
+        self.step, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
+        self.order = state["order"]
+        if self.order.shape != (len(self.data),):
+            raise CheckpointError(f"{source}: was trained on {self.order.shape[0]} images, this dataset has "
+                                  f"{len(self.data)}")
+
+    def save_checkpoint(self) -> Path:
+        path = self.paths.checkpoint(self.step)
+        save_training_state(path, self.state_dict())
+        return path
+
+    # ----- one step -----
+    def _next_batch(self) -> torch.Tensor:
+        if self.position + self.batch_size > len(self.data):
+            self.epoch += 1
+            self.position = 0
+            self.order = torch.randperm(len(self.data), generator=self.data_rng)
+        index = self.order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        batch = self.images[index.to(self.images.device)].to(self.device, non_blocking=True)
+        return to_model_range(batch).contiguous(memory_format=self.memory_format)
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        policies = self.config.aug_policies
+        return diff_augment(x, policies, self.noise_rng) if policies else x
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        real = self._next_batch()
+        z = torch.randn(self.batch_size, self.config.z_dim, 1, 1, device=self.device, generator=self.noise_rng)
+        hinge = self.config.loss == "hinge"
+
+        # D: real -> 1, fake -> 0 (bce) or margins (hinge). G's graph is cut: only D learns here.
+        self.opt_d.zero_grad(set_to_none=True)
+        with self._autocast():
+            fake = self.G_step(z)
+            logits_real = self.D_step(self._augment(real)).float()
+            logits_fake = self.D_step(self._augment(fake.detach())).float()
+            if hinge:
+                loss_d = F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean()
+            else:  # -log sigmoid(x) = softplus(-x): BCE with logits, written out
+                loss_d = F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean()
+        self.scaler.scale(loss_d).backward()
+        self.scaler.step(self.opt_d)
+
+        # G: the non-saturating loss -log D(G(z)); D is frozen so no work goes into its gradients.
+        self.D.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        with self._autocast():
+            logits_gen = self.D_step(self._augment(fake)).float()
+            loss_g = -logits_gen.mean() if hinge else F.softplus(-logits_gen).mean()
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        self.D.requires_grad_(True)
+
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.G, self.step)
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
+                "d_real": torch.sigmoid(logits_real.detach()).mean(),
+                "d_fake": torch.sigmoid(logits_fake.detach()).mean()}
+
+    # ----- outputs -----
+    @property
+    def sampling_generator(self) -> torch.nn.Module:
+        return self.ema.model if self.ema is not None else self.G
+
+    @torch.no_grad()
+    def render_grid(self) -> torch.Tensor:
+        model = self.sampling_generator
+        was_training = model.training
+        model.eval()
+        images = model(self.fixed_noise.to(self.device).contiguous(memory_format=self.memory_format))
+        model.train(was_training)
+        return images.float().cpu()
+
+    def write_sample(self) -> Path:
+        image = grid_image(self.render_grid(), nrow=8)
+        path = self.paths.sample(self.step)
+        save_png(image, path)
+        save_png(image, self.paths.grid)
+        return path
+
+    def export(self) -> Path:
+        export_generator(self.paths.generator, self.sampling_generator, self.config,
+                         {"step": str(self.step), "dataset": self.data.name})
+        return self.paths.generator
+
+
+def train(config: TrainConfig, data: ImageSet, out_dir: Path, *, device: str | torch.device = "auto",
+          resume_from: Path | None = None, callbacks: Callbacks | None = None,
+          progress_every: int = 10) -> TrainResult:
+    """Train (or continue) a run in out_dir. With resume_from, config.steps/epochs set the new total."""
+    callbacks = callbacks or Callbacks()
+    if resume_from is not None:
+        state = load_training_state(Path(resume_from))
+        saved: TrainConfig = state["config"]
+        config = saved.replace(steps=config.steps, epochs=config.epochs) if (config.steps or config.epochs) \
+            else saved
+        trainer = Trainer(config, data, out_dir, device)
+        if state.get("dataset_hash") not in (None, data.source_hash):
+            raise CheckpointError(f"{resume_from}: was trained on other data ({state.get('dataset')})")
+        trainer.load_state_dict(state, str(resume_from))
+    else:
+        trainer = Trainer(config, data, out_dir, device)
+    return run(trainer, callbacks, progress_every)
+
+
+def run(trainer: Trainer, callbacks: Callbacks, progress_every: int = 10) -> TrainResult:
+    config = trainer.config
+    total = trainer.total_steps
+    if trainer.step > total:
+        raise ConfigError("steps", f"the checkpoint is already at step {trainer.step}, past the total {total}")
+    trainer.paths.root.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    window_step, window_time = trainer.step, started
+    rate = 0.0
+    stopped = False
+    with trainer.paths.metrics.open("a") as metrics:
+        while trainer.step < total:
+            if callbacks.should_stop is not None and callbacks.should_stop():
+                stopped = True
+                break
+            stats = trainer.train_step()
+            step = trainer.step
+            if step % progress_every == 0 or step == total:
+                now = time.perf_counter()
+                values = {k: float(v) for k, v in stats.items()}
+                if not all(math.isfinite(v) for v in values.values()):
+                    raise FloatingPointError(f"non-finite loss at step {step}: {values}")
+                rate = (step - window_step) * trainer.batch_size / max(now - window_time, 1e-9)
+                window_step, window_time = step, now
+                progress = Progress(step, total, trainer.epoch, values["loss_d"], values["loss_g"],
+                                    values["d_real"], values["d_fake"], rate,
+                                    (total - step) * trainer.batch_size / max(rate, 1e-9), now - started)
+                metrics.write(json.dumps(progress.to_dict()) + "\n")
+                metrics.flush()
+                if callbacks.on_progress is not None:
+                    callbacks.on_progress(progress)
+            if config.sample_every and step % config.sample_every == 0 and step != total:
+                path = trainer.write_sample()
+                if callbacks.on_sample is not None:
+                    callbacks.on_sample(path, step)
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step != total:
+                checkpoint_path = trainer.save_checkpoint()
+                if callbacks.on_checkpoint is not None:
+                    callbacks.on_checkpoint(checkpoint_path, step)
+    # The end (or a stop): a final grid, checkpoint and exported generator.
+    grid_sample = trainer.write_sample()
+    if callbacks.on_sample is not None:
+        callbacks.on_sample(grid_sample, trainer.step)
+    checkpoint_path = trainer.save_checkpoint()
+    if callbacks.on_checkpoint is not None:
+        callbacks.on_checkpoint(checkpoint_path, trainer.step)
+    generator_path = trainer.export()
+    return TrainResult(trainer.step, total, stopped, generator_path, checkpoint_path, trainer.paths.grid)
