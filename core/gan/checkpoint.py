@@ -25,12 +25,13 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .config import ConfigError, TrainConfig
+from .errors import GanError
 
 TRAIN_STATE_FORMAT = "dcgan-train-state/1"
 GENERATOR_FORMAT = "dcgan-generator/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GanError):
     """A checkpoint that cannot be used here; the message names the file and the mismatch."""
 
 
@@ -101,6 +102,7 @@ def export_generator(path: Path, generator: nn.Module, config: TrainConfig, extr
 
 def read_generator(path: Path) -> tuple[TrainConfig, dict[str, torch.Tensor]]:
     """Read an exported generator: its config and weights; nothing is unpickled."""
+    _refuse_pickle(Path(path))
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
@@ -132,6 +134,20 @@ def read_generator(path: Path) -> tuple[TrainConfig, dict[str, torch.Tensor]]:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path}: tensor {name!r} contains NaN or Inf")
     return config, weights
+
+
+def _refuse_pickle(path: Path) -> None:
+    """Name the common mistake (a torch.save / pickle file) without ever unpickling it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such generator file") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({_first_line(exc)})") from None
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        raise CheckpointError(f"{path}: is a pickle/torch.save file, not a .safetensors generator; it was not "
+                              f"loaded (pickles can run code). Use the run's generator.safetensors")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -8,8 +8,10 @@ API's JSON, the job row and every checkpoint, so a checkpoint alone is enough to
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
+
+from .errors import GanError
 
 IMG_SIZES = (32, 64, 128)
 LOSSES = ("bce", "hinge")
@@ -17,7 +19,7 @@ AUGMENTS = ("color", "translation", "cutout")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-class ConfigError(ValueError):
+class ConfigError(GanError):
     """A config value (or unknown key) that cannot be used; `field` names the culprit."""
 
     def __init__(self, field_name: str, message: str):
@@ -200,4 +202,4 @@ def parse_set_options(pairs: list[str]) -> dict[str, str]:
     return result
 
 
-__all__ = ["TrainConfig", "ConfigError", "parse_set_options", "IMG_SIZES", "LOSSES", "AUGMENTS", "field"]
+__all__ = ["TrainConfig", "ConfigError", "parse_set_options", "IMG_SIZES", "LOSSES", "AUGMENTS"]

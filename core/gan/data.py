@@ -24,6 +24,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from .errors import GanError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 BUILTIN = ("digits", "fashion-mnist", "mnist", "cifar10", "celeba", "fake")
@@ -31,7 +33,7 @@ MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # refuse decompression bombs long before me
 CACHE_VERSION = "1"  # bump when preprocessing changes so stale caches are not reused
 
 
-class DataError(ValueError):
+class DataError(GanError):
     """A dataset that cannot be used; the message names the dataset or file."""
 
 
@@ -79,11 +81,12 @@ def load_images(name: str, img_size: int, img_channels: int, cache_dir: Path | N
 
 @dataclass(frozen=True)
 class _Source:
-    """A dataset before decoding: a content hash and a way to yield PIL images or uint8 arrays."""
+    """A dataset before decoding: a content hash and either an in-memory uint8 array or PIL images."""
 
     digest: str
     count: int
-    items: Callable[[], Iterable[Image.Image | np.ndarray]]
+    items: Callable[[], Iterable[Image.Image]] | None = None
+    array: np.ndarray | None = None  # (N, H, W) or (N, H, W, C) uint8, resized in batches
 
 
 def _cached(name: str, source: _Source, img_size: int, img_channels: int, cache_dir: Path | None) -> ImageSet:
@@ -100,18 +103,33 @@ def _cached(name: str, source: _Source, img_size: int, img_channels: int, cache_
 
 
 def _decode_all(name: str, source: _Source, img_size: int, img_channels: int) -> np.ndarray:
+    if source.array is not None:
+        return _resize_array(source.array, img_size, img_channels)
     out = np.empty((source.count, img_channels, img_size, img_size), dtype=np.uint8)
     mode = "L" if img_channels == 1 else "RGB"
     n = 0
-    for item in source.items():
-        image = Image.fromarray(item) if isinstance(item, np.ndarray) else item
-        image = image.convert(mode)
-        tensor = TF.pil_to_tensor(TF.center_crop(TF.resize(image, img_size), img_size))
+    for image in source.items():
+        tensor = TF.pil_to_tensor(TF.center_crop(TF.resize(image.convert(mode), img_size), img_size))
         out[n] = tensor.numpy()
         n += 1
     if n == 0:
         raise DataError(f"dataset {name!r}: no images")
     return out[:n]
+
+
+def _resize_array(array: np.ndarray, img_size: int, img_channels: int, chunk: int = 4096) -> np.ndarray:
+    """The same Resize + CenterCrop on an in-memory array, batched in torch instead of per PIL image."""
+    out = []
+    for start in range(0, len(array), chunk):
+        batch = torch.from_numpy(np.ascontiguousarray(array[start:start + chunk]))
+        batch = batch.unsqueeze(1) if batch.dim() == 3 else batch.permute(0, 3, 1, 2)
+        if batch.shape[1] == 3 and img_channels == 1:
+            batch = TF.rgb_to_grayscale(batch)
+        elif batch.shape[1] == 1 and img_channels == 3:
+            batch = batch.expand(-1, 3, -1, -1)
+        batch = TF.center_crop(TF.resize(batch, img_size, antialias=True), img_size)
+        out.append(batch.contiguous().numpy())
+    return np.concatenate(out)
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
@@ -147,7 +165,7 @@ def _folder_source(root: Path) -> _Source:
         for path in files:
             yield _open_image(path, root)
 
-    return _Source(digest.hexdigest(), len(files), items)
+    return _Source(digest.hexdigest(), len(files), items=items)
 
 
 def _open_image(path: Path, root: Path) -> Image.Image:
@@ -179,7 +197,7 @@ def _digits_source() -> _Source:
 
 def _array_source(images: np.ndarray) -> _Source:
     digest = hashlib.sha256(images.tobytes() + str(images.shape).encode()).hexdigest()
-    return _Source(digest, len(images), lambda: iter(images))
+    return _Source(digest, len(images), array=images)
 
 
 def read_idx_images(path: Path) -> np.ndarray:
@@ -210,13 +228,14 @@ def _torchvision_source(class_name: str, download_root: Path | None) -> _Source:
     try:
         dataset = getattr(tvd, class_name)(str(root), download=True, **kwargs)
     except Exception as exc:  # network or archive errors: turn them into one line naming the dataset
+        reason = (str(exc).strip().splitlines() or [""])[0]
         raise DataError(f"dataset {class_name}: could not load or download into {root} "
-                        f"({exc.__class__.__name__}: {exc})") from exc
+                        f"({exc.__class__.__name__}: {reason})") from exc
     digest = hashlib.sha256(f"{class_name}|{len(dataset)}".encode())
     if hasattr(dataset, "data"):
         data = dataset.data.numpy() if isinstance(dataset.data, torch.Tensor) else np.asarray(dataset.data)
         return _array_source(data)
-    return _Source(digest.hexdigest(), len(dataset), lambda: (dataset[i][0] for i in range(len(dataset))))
+    return _Source(digest.hexdigest(), len(dataset), items=lambda: (dataset[i][0] for i in range(len(dataset))))
 
 
 def _fake_images(img_size: int, img_channels: int, count: int = 512) -> torch.Tensor:

@@ -25,6 +25,7 @@ from torchvision.utils import make_grid
 from .checkpoint import CheckpointError, atomic_write, load_module_state, read_generator
 from .config import TrainConfig
 from .data import to_uint8
+from .errors import GanError
 from .models import Generator, build_generator
 
 # Every forward pass sees exactly this many samples (the last chunk is padded): a batch-size-dependent
@@ -33,7 +34,7 @@ MICRO_BATCH = 16
 MAX_SEEDS = 100_000
 
 
-class SampleError(ValueError):
+class SampleError(GanError):
     """Bad sampling input (seed list, truncation, frame count)."""
 
 
@@ -144,7 +145,8 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def grid_image(images: torch.Tensor, nrow: int = 8) -> Image.Image:
     """Images in [-1, 1] -> one PIL grid via torchvision's make_grid (2-pixel padding)."""
     grid = make_grid(to_uint8(images), nrow=max(1, nrow), padding=2, pad_value=0)
-    return _to_pil(grid)
+    # make_grid repeats a single channel three times; keep grayscale grids grayscale (smaller PNGs).
+    return _to_pil(grid[:1] if images.shape[1] == 1 else grid)
 
 
 def image_list(images: torch.Tensor) -> list[Image.Image]:

@@ -1,0 +1,51 @@
+import pytest
+
+from core.gan.config import ConfigError, TrainConfig, parse_set_options
+
+
+def test_defaults_are_the_papers():
+    config = TrainConfig(steps=1)
+    assert (config.z_dim, config.g_channels, config.d_channels, config.img_size) == (100, 64, 64, 64)
+    assert (config.batch_size, config.lr, config.beta1, config.beta2, config.loss) == (64, 2e-4, 0.5, 0.999, "bce")
+
+
+def test_unknown_key_names_it():
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict({"steps": 10, "learning_rate": 0.1})
+    assert info.value.field == "learning_rate"
+    assert "unknown config key" in str(info.value)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("img_size", 48), ("img_channels", 2), ("z_dim", 0), ("lr", 0), ("lr", float("nan")), ("beta1", 1.0),
+    ("loss", "wasserstein"), ("diffaugment", "color,rotate"), ("ema", 1.0), ("batch_size", 0), ("steps", -1),
+    ("steps", "ten"), ("spectral_norm", "maybe"), ("steps", 1.5), ("steps", True), ("precision", "int4"),
+])
+def test_bad_values_name_the_field(field, value):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict({"steps": 10, field: value})
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}: ")
+
+
+def test_work_must_be_given():
+    with pytest.raises(ConfigError, match="steps"):
+        TrainConfig.from_dict({})
+
+
+def test_cli_strings_are_coerced():
+    config = TrainConfig.from_dict(parse_set_options(["steps=12", "spectral_norm=true", "lr=1e-4",
+                                                      "diffaugment=color,cutout", "epochs=none"]))
+    assert config.steps == 12 and config.spectral_norm is True and config.lr == 1e-4
+    assert config.aug_policies == ("color", "cutout") and config.epochs is None
+
+
+def test_set_option_without_equals_is_rejected():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_set_options(["steps"])
+
+
+def test_round_trip_through_dict():
+    config = TrainConfig.from_dict({"steps": 5, "img_size": 128, "loss": "hinge"})
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert config.num_blocks == 5
