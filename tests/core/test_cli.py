@@ -10,7 +10,10 @@ import pytest
 
 
 def dcgan(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DCGAN_THREADS": "1", "DCGAN_CACHE_DIR": str(cwd / "cache")}
+    """Run `dcgan ARGS` in cwd the way a user would; DCGAN_TEST_DEVICE is not applied (the CLI's default)."""
+    root = str(Path(__file__).resolve().parents[2])  # the checkout, also where the package isn't installed
+    env = {**os.environ, "DCGAN_THREADS": "1", "DCGAN_CACHE_DIR": str(cwd / "cache"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=cwd, env=env, capture_output=True,
                             text=True, timeout=300)
     if check:
