@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="FID / KID / IS of a generator against a dataset (prints JSON)")
     evaluate.add_argument("--generator", type=Path, required=True)
     evaluate.add_argument("--dataset", required=True)
-    evaluate.add_argument("--metrics", default="fid,kid,is")
+    evaluate.add_argument("--metrics", default="", help="comma-separated fid,kid,is (default: all the "
+                                                           "feature network supports)")
     evaluate.add_argument("--num", type=int, default=2000, help="generated samples (seeds 0..num-1)")
     evaluate.add_argument("--feature-net", default="auto", help="auto, inception, digits or fashion-mnist")
     evaluate.add_argument("--device", default="cpu")
@@ -187,7 +188,7 @@ def _eval(args: argparse.Namespace) -> int:
     sampler = Sampler.from_file(args.generator, args.device)
     config = sampler.config
     real = load_images(args.dataset, config.img_size, config.img_channels, cache_dir=default_cache_dir())
-    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) or None
     result = evaluate(lambda start, count: sampler.images_for_seeds(range(start, start + count)),
                       real.images, dataset=args.dataset, metrics=metrics, num=args.num,
                       feature_net=args.feature_net, cache_dir=default_cache_dir(), device=args.device)

@@ -30,7 +30,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 BUILTIN = ("digits", "fashion-mnist", "mnist", "cifar10", "celeba", "fake")
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # refuse decompression bombs long before memory runs out
-CACHE_VERSION = "1"  # bump when preprocessing changes so stale caches are not reused
+CACHE_VERSION = "2"  # bump when preprocessing changes so stale caches are not reused
 
 
 class DataError(GanError):
@@ -121,7 +121,7 @@ def _resize_array(array: np.ndarray, img_size: int, img_channels: int, chunk: in
     """The same Resize + CenterCrop on an in-memory array, batched in torch instead of per PIL image."""
     out = []
     for start in range(0, len(array), chunk):
-        batch = torch.from_numpy(np.ascontiguousarray(array[start:start + chunk]))
+        batch = torch.from_numpy(np.array(array[start:start + chunk]))  # a writable copy of the chunk
         batch = batch.unsqueeze(1) if batch.dim() == 3 else batch.permute(0, 3, 1, 2)
         if batch.shape[1] == 3 and img_channels == 1:
             batch = TF.rgb_to_grayscale(batch)
