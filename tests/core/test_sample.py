@@ -135,3 +135,17 @@ def test_fast_paths_stay_close_to_fp32(generator_file):
     assert (fast - reference).abs().max() < 1e-4
     bf16 = Sampler.from_file(generator_file, options=SamplerOptions(precision="bf16")).images_for_seeds(range(2))
     assert (bf16 - reference[:2]).abs().mean() < 0.05
+
+
+def test_int8_stays_within_stated_error_of_fp32(generator_file):
+    from core.gan.sample import psnr
+
+    seeds = range(32)
+    reference = Sampler.from_file(generator_file).images_for_seeds(seeds)
+    int8 = Sampler.from_file(generator_file, options=SamplerOptions(quantize=True))
+    images = int8.images_for_seeds(seeds)
+    assert any("quantized" in type(m).__module__ for m in int8.model.modules()), "nothing was quantized"
+    assert 35 < psnr(images, reference) < float("inf")
+    assert torch.equal(images[7], int8.images_for_seeds([7])[0])  # still one image per seed
+    with pytest.raises(SampleError, match="CPU only"):
+        Sampler.from_file(generator_file, device="meta", options=SamplerOptions(quantize=True))

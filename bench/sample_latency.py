@@ -1,0 +1,241 @@
+"""Sampling speed and fidelity of core.gan.sample's fast paths against fp32, side by side in one process.
+
+For each path (SamplerOptions: precision, channels_last, compile, quantize -- and an eager static int8
+path built here) it prints:
+  grid ms     latency of one 64-image grid, seeds 0-63, as the service makes it
+              (Sampler.images_for_seeds -> grid_image -> png_bytes), median over repeats;
+  images/s    Sampler.images_for_seeds over 256 seeds (the Sampler runs them in micro-batches);
+  GFLOP/s     G's forward FLOPs (FlopCounterMode, fp32 model) x images/s (int8 rows: int8 ops/s);
+  PSNR        of each path's uint8 images against fp32's over seeds 0-63 (inf: identical pixels).
+A path that cannot be built or run prints `unsupported: reason`. Paths take turns in every repeat
+(rotating order), so machine-load drift hits them alike. Two "raw G" rows run the fp32 model (NCHW and
+channels_last) on all 256 seeds in one forward, without the Sampler, to show what micro-batching costs.
+
+Without --generator, G is a 64x64 default-config generator with DCGAN init whose BatchNorm running
+statistics are filled from 512 noise samples: with the init's mean 0 / var 1 an untrained G gives
+near-flat images, on which PSNR says nothing.
+
+Run from the repo root:
+  .venv/bin/python bench/sample_latency.py               # CPU: 1-4 minutes on 2 cores
+  .venv/bin/python bench/sample_latency.py --device cuda --repeats 10
+  .venv/bin/python bench/sample_latency.py --generator runs/x/generator.safetensors --paths fp32,int8-static
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.ao.quantization as tq
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script, like bench/quality.py
+
+from core.gan.checkpoint import load_module_state, read_generator  # noqa: E402
+from core.gan.config import TrainConfig  # noqa: E402
+from core.gan.data import to_uint8  # noqa: E402
+from core.gan.models import Generator, build_generator, init_dcgan_weights  # noqa: E402
+from core.gan.sample import Sampler, SamplerOptions, grid_image, noise_for_seeds, png_bytes  # noqa: E402
+
+GRID_SEEDS = list(range(64))
+THROUGHPUT_SEEDS = list(range(256))
+CALIBRATION_SEEDS = range(100_000, 100_256)  # disjoint from the seeds whose PSNR is measured
+RAW_ROWS = {torch.contiguous_format: "raw G fp32, one forward", torch.channels_last: "raw G fp32+CL, one forward"}
+
+O = SamplerOptions
+PATHS: dict[str, Callable] = {  # name -> (G, config, device) -> Sampler
+    "fp32": lambda g, c, d: Sampler(g, c, d, O()),
+    "bf16": lambda g, c, d: Sampler(g, c, d, O(precision="bf16")),
+    "fp16": lambda g, c, d: Sampler(g, c, d, O(precision="fp16")),
+    "channels_last": lambda g, c, d: Sampler(g, c, d, O(channels_last=True)),
+    "compile": lambda g, c, d: Sampler(g, c, d, O(compile=True)),
+    "channels_last+compile": lambda g, c, d: Sampler(g, c, d, O(channels_last=True, compile=True)),
+    "bf16+channels_last": lambda g, c, d: Sampler(g, c, d, O(precision="bf16", channels_last=True)),
+    "bf16+compile": lambda g, c, d: Sampler(g, c, d, O(precision="bf16", compile=True)),
+    "bf16+channels_last+compile": lambda g, c, d: Sampler(g, c, d, O("bf16", True, True)),
+    "fp16+channels_last+compile": lambda g, c, d: Sampler(g, c, d, O("fp16", True, True)),
+    "int8-dynamic": lambda g, c, d: Sampler(g, c, d, O(quantize=True)),
+    "int8-static": lambda g, c, d: Sampler(quantize_static_int8(g, c.z_dim, d), c, d, O()),
+    "int8-static+compile": lambda g, c, d: Sampler(quantize_static_int8(g, c.z_dim, d), c, d, O(compile=True)),
+}
+DEFAULT_PATHS = {
+    # Not bf16+channels_last on CPU by default: measured 20 s per grid on an AVX2 CPU (emulated bf16).
+    "cpu": ["fp32", "bf16", "channels_last", "compile", "channels_last+compile", "int8-dynamic",
+            "int8-static", "int8-static+compile"],
+    # Two compiled rows only: each compile costs tens of seconds, and gpu_check.sh has minutes.
+    "cuda": ["fp32", "bf16", "fp16", "channels_last", "bf16+channels_last", "compile",
+             "bf16+channels_last+compile", "int8-dynamic", "int8-static"],
+}
+
+
+class Int8Generator(nn.Module):
+    """G with every block but the last in int8: quantize z, run the int8 blocks, dequantize, then the
+    last ConvTranspose2d + Tanh in fp32 (about 3% of the FLOPs, and the layer whose error shows most)."""
+
+    def __init__(self, generator: Generator):
+        super().__init__()
+        self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+        self.body, self.head = generator.main[:-2], generator.main[-2:]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dequant(self.body(self.quant(z))))
+
+
+def quantize_static_int8(generator: Generator, z_dim: int, device: str | torch.device) -> Int8Generator:
+    """Eager-mode static int8 (torch.ao.quantization) for the x86/fbgemm backend.
+
+    quantize_dynamic swaps only Linear/RNN layers and leaves ConvTranspose2d in fp32; static
+    quantization has a quantized ConvTranspose2d, but only with per-tensor weights on fbgemm/x86.
+    torch.ao.quantization is deprecated (torchao is its successor) but still ships in torch 2.14.
+    """
+    if torch.device(device).type != "cpu":
+        raise RuntimeError("torch.ao int8 kernels run on the CPU only")
+    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
+        # measured: the onednn engine gives ~17 dB images and is ~40x slower; qnnpack is ~3x slower
+        raise RuntimeError(f"quantized engine {torch.backends.quantized.engine!r}; this path needs x86 or fbgemm")
+    with warnings.catch_warnings():
+        # torch.ao.quantization warns on every call that it is deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        model = Int8Generator(copy.deepcopy(generator).cpu().eval()).eval()
+        names = [name for name, _ in model.body.named_children()]
+        # Fold each BatchNorm into the ConvTranspose2d before it, so BN costs nothing in int8.
+        pairs = [[a, b] for a, b in zip(names, names[1:])
+                 if isinstance(model.body.get_submodule(a), nn.ConvTranspose2d)
+                 and isinstance(model.body.get_submodule(b), nn.BatchNorm2d)]
+        model.body = tq.fuse_modules(model.body, pairs)
+        default = tq.get_default_qconfig("x86")
+        # fbgemm's int8 ConvTranspose2d takes per-tensor weights only (per-channel fails an assertion).
+        model.qconfig = tq.QConfig(activation=default.activation, weight=tq.default_weight_observer)
+        model.head.qconfig = None
+        tq.prepare(model, inplace=True)
+        with torch.no_grad():
+            model(noise_for_seeds(CALIBRATION_SEEDS, z_dim))  # activation ranges from 256 calibration seeds
+        return tq.convert(model, inplace=True)
+
+
+def default_generator() -> tuple[Generator, TrainConfig]:
+    config = TrainConfig(img_size=64, img_channels=3, steps=1)
+    torch.manual_seed(0)
+    generator = build_generator(config)
+    generator.apply(init_dcgan_weights)
+    norms = [m for m in generator.modules() if isinstance(m, nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches below
+    with torch.no_grad():
+        generator.train()
+        for _ in range(8):
+            generator(torch.randn(64, config.z_dim, 1, 1))
+    for norm in norms:
+        norm.momentum = 0.1
+    return generator.eval(), config
+
+
+def load_generator(path: Path) -> tuple[Generator, TrainConfig]:
+    config, weights = read_generator(path)
+    generator = build_generator(config)
+    load_module_state(generator, weights, str(path))
+    return generator.eval(), config
+
+
+def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
+    mse = (images.float() - reference.float()).pow(2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--generator", type=Path, help="an exported generator.safetensors (default: built)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per path (median reported)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--paths", help=f"comma list from {','.join(PATHS)} (fp32 always runs)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = args.paths.split(",") if args.paths else DEFAULT_PATHS[device.type]
+    unknown = [n for n in names if n not in PATHS]
+    if unknown:
+        parser.error(f"--paths: unknown {unknown[0]!r}; choose from {','.join(PATHS)}")
+    names = ["fp32"] + [n for n in names if n != "fp32"]
+
+    generator, config = load_generator(args.generator) if args.generator else default_generator()
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU {torch.backends.cpu.get_cpu_capability()}, quantized engine {torch.backends.quantized.engine}"
+    print(f"torch {torch.__version__}, {hardware}, threads {torch.get_num_threads()}, "
+          f"G {config.img_size}x{config.img_size} z {config.z_dim} ngf {config.g_channels}, "
+          f"{'file ' + str(args.generator) if args.generator else 'DCGAN init'}, {args.repeats} repeats")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        generator(noise_for_seeds(range(16), config.z_dim))
+    flops_per_image = counter.get_total_flops() / 16
+
+    runners: dict[str, Callable[[list[int]], torch.Tensor]] = {}
+    failures: dict[str, str] = {}
+    for name in names:
+        try:
+            sampler = PATHS[name](copy.deepcopy(generator), config, device)
+            runners[name] = sampler.images_for_seeds
+        except Exception as exc:  # a fast path torch cannot build here becomes a row, not a crash
+            failures[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    for layout in (torch.contiguous_format, torch.channels_last):
+        raw = copy.deepcopy(generator).to(device, memory_format=layout)
+
+        @torch.no_grad()
+        def raw_forward(seeds: list[int], raw: nn.Module = raw) -> torch.Tensor:
+            return raw(noise_for_seeds(seeds, config.z_dim).to(device)).float().cpu()
+
+        runners[RAW_ROWS[layout]] = raw_forward
+
+    # Warm-up (compiles happen here) doubles as the PSNR pass over the grid seeds.
+    pixels: dict[str, torch.Tensor] = {}
+    for name, run in list(runners.items()):
+        try:
+            start = time.perf_counter()
+            pixels[name] = to_uint8(run(GRID_SEEDS))
+            run(THROUGHPUT_SEEDS)
+            print(f"warm-up {name}: {time.perf_counter() - start:.1f} s", flush=True)
+        except Exception as exc:
+            failures[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            del runners[name]
+
+    grid_s: dict[str, list[float]] = {n: [] for n in runners}
+    batch_s: dict[str, list[float]] = {n: [] for n in runners}
+    order = list(runners)
+    for repeat in range(args.repeats):
+        for name in order[repeat % len(order):] + order[:repeat % len(order)]:
+            run = runners[name]
+            grid_s[name].append(timed(lambda: png_bytes(grid_image(run(GRID_SEEDS), nrow=8)), device))
+            batch_s[name].append(timed(lambda: run(THROUGHPUT_SEEDS), device))
+
+    print(f"\nG forward: {flops_per_image / 1e6:.1f} MFLOP per image")
+    print(f"{'path':30} {'grid ms':>9} {'images/s':>9} {'GFLOP/s':>8} {'PSNR dB':>8}")
+    for name in [*names, *RAW_ROWS.values()]:
+        if name in failures:
+            print(f"{name:30} unsupported: {failures[name]}")
+            continue
+        rate = len(THROUGHPUT_SEEDS) / statistics.median(batch_s[name])
+        quality = psnr(pixels[name], pixels["fp32"])
+        print(f"{name:30} {1e3 * statistics.median(grid_s[name]):9.1f} {rate:9.1f} "
+              f"{flops_per_image * rate / 1e9:8.1f} {quality:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
