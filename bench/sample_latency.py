@@ -25,16 +25,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.ao.quantization as tq
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -42,9 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a sc
 
 from core.gan.checkpoint import load_module_state, read_generator  # noqa: E402
 from core.gan.config import TrainConfig  # noqa: E402
-from core.gan.data import to_uint8  # noqa: E402
 from core.gan.models import Generator, build_generator, init_dcgan_weights  # noqa: E402
-from core.gan.sample import Sampler, SamplerOptions, grid_image, noise_for_seeds, png_bytes  # noqa: E402
+from core.gan.sample import Sampler, SamplerOptions, grid_image, noise_for_seeds, png_bytes, psnr  # noqa: E402
 
 GRID_SEEDS = list(range(64))
 THROUGHPUT_SEEDS = list(range(256))
@@ -63,63 +59,19 @@ PATHS: dict[str, Callable] = {  # name -> (G, config, device) -> Sampler
     "bf16+compile": lambda g, c, d: Sampler(g, c, d, O(precision="bf16", compile=True)),
     "bf16+channels_last+compile": lambda g, c, d: Sampler(g, c, d, O("bf16", True, True)),
     "fp16+channels_last+compile": lambda g, c, d: Sampler(g, c, d, O("fp16", True, True)),
-    "int8-dynamic": lambda g, c, d: Sampler(g, c, d, O(quantize=True)),
-    "int8-static": lambda g, c, d: Sampler(quantize_static_int8(g, c.z_dim, d), c, d, O()),
-    "int8-static+compile": lambda g, c, d: Sampler(quantize_static_int8(g, c.z_dim, d), c, d, O(compile=True)),
+    "int8": lambda g, c, d: Sampler(g, c, d, O(quantize=True)),
+    "int8+compile": lambda g, c, d: Sampler(g, c, d, O(quantize=True, compile=True)),
+    # One forward per 256 images: the fastest on a GPU, without the per-seed bit-exactness guarantee.
+    "fp32 micro_batch=256": lambda g, c, d: Sampler(g, c, d, O(micro_batch=256)),
+    "bf16+channels_last micro_batch=256": lambda g, c, d: Sampler(g, c, d, O("bf16", True, micro_batch=256)),
 }
 DEFAULT_PATHS = {
     # Not bf16+channels_last on CPU by default: measured 20 s per grid on an AVX2 CPU (emulated bf16).
-    "cpu": ["fp32", "bf16", "channels_last", "compile", "channels_last+compile", "int8-dynamic",
-            "int8-static", "int8-static+compile"],
+    "cpu": ["fp32", "bf16", "channels_last", "compile", "channels_last+compile", "int8", "int8+compile"],
     # Two compiled rows only: each compile costs tens of seconds, and gpu_check.sh has minutes.
     "cuda": ["fp32", "bf16", "fp16", "channels_last", "bf16+channels_last", "compile",
-             "bf16+channels_last+compile", "int8-dynamic", "int8-static"],
+             "bf16+channels_last+compile", "fp32 micro_batch=256", "bf16+channels_last micro_batch=256"],
 }
-
-
-class Int8Generator(nn.Module):
-    """G with every block but the last in int8: quantize z, run the int8 blocks, dequantize, then the
-    last ConvTranspose2d + Tanh in fp32 (about 3% of the FLOPs, and the layer whose error shows most)."""
-
-    def __init__(self, generator: Generator):
-        super().__init__()
-        self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
-        self.body, self.head = generator.main[:-2], generator.main[-2:]
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dequant(self.body(self.quant(z))))
-
-
-def quantize_static_int8(generator: Generator, z_dim: int, device: str | torch.device) -> Int8Generator:
-    """Eager-mode static int8 (torch.ao.quantization) for the x86/fbgemm backend.
-
-    quantize_dynamic swaps only Linear/RNN layers and leaves ConvTranspose2d in fp32; static
-    quantization has a quantized ConvTranspose2d, but only with per-tensor weights on fbgemm/x86.
-    torch.ao.quantization is deprecated (torchao is its successor) but still ships in torch 2.14.
-    """
-    if torch.device(device).type != "cpu":
-        raise RuntimeError("torch.ao int8 kernels run on the CPU only")
-    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
-        # measured: the onednn engine gives ~17 dB images and is ~40x slower; qnnpack is ~3x slower
-        raise RuntimeError(f"quantized engine {torch.backends.quantized.engine!r}; this path needs x86 or fbgemm")
-    with warnings.catch_warnings():
-        # torch.ao.quantization warns on every call that it is deprecated in favour of torchao
-        warnings.simplefilter("ignore")
-        model = Int8Generator(copy.deepcopy(generator).cpu().eval()).eval()
-        names = [name for name, _ in model.body.named_children()]
-        # Fold each BatchNorm into the ConvTranspose2d before it, so BN costs nothing in int8.
-        pairs = [[a, b] for a, b in zip(names, names[1:])
-                 if isinstance(model.body.get_submodule(a), nn.ConvTranspose2d)
-                 and isinstance(model.body.get_submodule(b), nn.BatchNorm2d)]
-        model.body = tq.fuse_modules(model.body, pairs)
-        default = tq.get_default_qconfig("x86")
-        # fbgemm's int8 ConvTranspose2d takes per-tensor weights only (per-channel fails an assertion).
-        model.qconfig = tq.QConfig(activation=default.activation, weight=tq.default_weight_observer)
-        model.head.qconfig = None
-        tq.prepare(model, inplace=True)
-        with torch.no_grad():
-            model(noise_for_seeds(CALIBRATION_SEEDS, z_dim))  # activation ranges from 256 calibration seeds
-        return tq.convert(model, inplace=True)
 
 
 def default_generator() -> tuple[Generator, TrainConfig]:
@@ -145,11 +97,6 @@ def load_generator(path: Path) -> tuple[Generator, TrainConfig]:
     generator = build_generator(config)
     load_module_state(generator, weights, str(path))
     return generator.eval(), config
-
-
-def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
-    mse = (images.float() - reference.float()).pow(2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -209,7 +156,7 @@ def main() -> None:
     for name, run in list(runners.items()):
         try:
             start = time.perf_counter()
-            pixels[name] = to_uint8(run(GRID_SEEDS))
+            pixels[name] = run(GRID_SEEDS)
             run(THROUGHPUT_SEEDS)
             print(f"warm-up {name}: {time.perf_counter() - start:.1f} s", flush=True)
         except Exception as exc:

@@ -173,13 +173,21 @@ def main() -> None:
     # One step under FlopCounterMode per distinct model; Trainer rows share the same convolutions
     # whatever their precision, layout or compilation, so eager "ours default" stands for all of them.
     flops: dict[int, int] = {}
-    for path in paths:
+    failed: list[tuple[str, str]] = []
+    for path in list(paths):
         start = time.perf_counter()
         counted = path is paths[0] or path is paths[1]
-        flops[id(path)] = count_flops(path) if counted else flops[id(paths[1])]
-        for _ in range(warmup - counted):
-            path.step()
-        sync(device)
+        try:
+            flops[id(path)] = count_flops(path) if counted else flops[id(paths[1])]
+            for _ in range(warmup - counted):
+                path.step()
+            sync(device)
+        except Exception as exc:  # an extra row that this torch/device cannot run is reported, not fatal
+            if counted:
+                raise
+            paths.remove(path)
+            failed.append((path.name, f"{exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0][:160]}"))
+            continue
         print(f"warm-up {path.name}: {time.perf_counter() - start:.1f} s", flush=True)
 
     rates: dict[int, list[float]] = {id(p): [] for p in paths}
@@ -208,6 +216,8 @@ def main() -> None:
         spread = f"{min(rates[id(path)]):.1f}-{max(rates[id(path)]):.1f}"
         print(f"{path.name:52} {rate:10.1f} {spread:>17} {rate / seed_rate:7.2f}x {flops[id(path)] / 1e9:10.1f} "
               f"{achieved:9.1f} {100 * achieved / ceilings[path.dtype]:9.1f}%")
+    for name, reason in failed:
+        print(f"{name:52} failed: {reason}")
     print(f"\nratio ours default / seed recipe: {statistics.median(rates[id(paths[1])]) / seed_rate:.2f}x "
           f"(ceiling per row: fp32 rows vs the fp32 matmul, bf16/fp16 rows vs the bf16 matmul)")
 

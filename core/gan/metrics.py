@@ -217,7 +217,9 @@ def evaluate(generate: Callable[[int, int], torch.Tensor] | torch.Tensor, real: 
 
     # imported here: torchmetrics (and the torch-fidelity it pulls in) takes seconds to import
     import torchmetrics
-    from torchmetrics.image import InceptionScore, KernelInceptionDistance
+    # From the submodules: the package root only exports them when torch-fidelity is installed.
+    from torchmetrics.image.inception import InceptionScore
+    from torchmetrics.image.kid import KernelInceptionDistance
 
     real = real.cpu()
     real_sha = _tensor_sha256(real)
@@ -266,7 +268,7 @@ def _fid(stats: RealStats, fake_features: torch.Tensor) -> float:
 
     Its state holds sums: sum x = n mu and sum x x^T = (n - 1) Sigma + n mu mu^T, in float64.
     """
-    from torchmetrics.image import FrechetInceptionDistance
+    from torchmetrics.image.fid import FrechetInceptionDistance
 
     fid = FrechetInceptionDistance(feature=_Precomputed(len(stats.mu)))
     mu = torch.from_numpy(stats.mu)

@@ -32,9 +32,11 @@ from .data import to_uint8
 from .errors import GanError
 from .models import Generator, build_generator
 
-# Every forward pass sees exactly this many samples (the last chunk is padded): a batch-size-dependent
-# kernel choice can then never make seed 7 differ between a run of 1 seed and a run of 64.
-MICRO_BATCH = 16
+# Every forward pass sees exactly this many samples (the last chunk is padded), so a batch-size-dependent
+# kernel choice can never make seed 7 differ between a run of 1 seed and a run of 64. On the CPU oneDNN
+# gives bitwise the same image at any batch position; cuDNN does not (measured on an H100: ~1e-5 apart),
+# so on CUDA each seed gets its own forward unless SamplerOptions.micro_batch trades that for throughput.
+MICRO_BATCH = {"cpu": 16, "cuda": 1}
 MAX_SEEDS = 100_000
 
 
@@ -48,6 +50,9 @@ class SamplerOptions:
     channels_last: bool = False
     compile: bool = False
     quantize: bool = False  # static int8 on the CPU; see bench/sample_latency.py for its PSNR against fp32
+    # Images per forward pass; None = MICRO_BATCH for the device (per-seed exact). Larger is faster on a
+    # GPU, but an image may then differ in its last bits with its place in the batch.
+    micro_batch: int | None = None
 
 
 def noise_for_seeds(seeds: Sequence[int], z_dim: int, truncation: float = 1.0) -> torch.Tensor:
@@ -116,11 +121,12 @@ class Sampler:
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """z (N, z_dim, 1, 1) -> images (N, C, H, W) float in [-1, 1] on the CPU."""
         outputs = []
-        for start in range(0, z.shape[0], MICRO_BATCH):
-            chunk = z[start:start + MICRO_BATCH]
+        size = self.options.micro_batch or MICRO_BATCH.get(self.device.type, 1)
+        for start in range(0, z.shape[0], size):
+            chunk = z[start:start + size]
             count = chunk.shape[0]
-            if count < MICRO_BATCH:
-                chunk = torch.cat([chunk, chunk.new_zeros(MICRO_BATCH - count, *chunk.shape[1:])])
+            if count < size:
+                chunk = torch.cat([chunk, chunk.new_zeros(size - count, *chunk.shape[1:])])
             chunk = chunk.to(self.device)
             with _autocast(self.device, self.options.precision):
                 images = self.model(chunk)
