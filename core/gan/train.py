@@ -118,12 +118,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> bf16 where the hardware computes it natively, else fp32 (measured: emulated bf16 on a
-    CPU without AVX512-BF16/AMX is slower than fp32)."""
+    """'auto' -> what measured fastest (bench/train_throughput.py, README's Performance section).
+
+    CPU: bf16 only where the hardware computes it natively (emulated bf16 on an AVX2 CPU was ~30x slower
+    than fp32). CUDA: fp32 (cuDNN convs run on TF32 tensor cores): at the default 64x64 / batch 64 a step is
+    bound by kernel launches, and bf16 autocast's extra cast kernels made it 10% slower on an H100.
+    """
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if device.type == "cpu" and _cpu_has_native_bf16():
         return "bf16"
     return "fp32"

@@ -124,6 +124,7 @@ def test_resume_on_other_data_is_refused(tmp_path, digits):
         train(tiny_config(steps=4), other, tmp_path / "a", resume_from=result.checkpoint_path)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the refused file is written with protocol 4
 def test_training_state_refuses_pickled_code(tmp_path):
     import pickle
 
