@@ -13,7 +13,6 @@ accuracy repeats but the hash may not, which is why the hash is pinned rather th
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import time
 from pathlib import Path
@@ -24,23 +23,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from core.gan.classifier import ASSETS, CLASSIFIERS, SmallClassifier, sha256_file, to_classifier_input
-from core.gan.data import DEBIAN_FASHION_MNIST, load_images, read_idx_images
+from core.gan.data import DEBIAN_FASHION_MNIST, load_images, read_idx_images, read_idx_labels
 
 SEED = 0
 MAX_SHIFT = 2  # pixels at 32x32: small enough to keep a digit whole, large enough to stop pixel matching
-
-
-def read_idx_labels(path: Path) -> np.ndarray:
-    """Read an IDX1 label file (gzip or raw): magic 2049, count, then one uint8 per label."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 8 or int.from_bytes(data[0:4], "big") != 2049:
-        raise ValueError(f"{path}: not an IDX1 label file")
-    count = int.from_bytes(data[4:8], "big")
-    if len(data) != 8 + count:
-        raise ValueError(f"{path}: truncated IDX1 file")
-    return np.frombuffer(data, dtype=np.uint8, offset=8).copy()
 
 
 def digits_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

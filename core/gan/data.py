@@ -200,17 +200,31 @@ def _array_source(images: np.ndarray) -> _Source:
     return _Source(digest, len(images), array=images)
 
 
-def read_idx_images(path: Path) -> np.ndarray:
-    """Read an IDX3 image file (gzip or raw), the format of MNIST and Fashion-MNIST."""
+def _read_idx(path: Path, magic: int, kind: str) -> tuple[list[int], bytes]:
+    """An IDX file (gzip or raw), the format of MNIST and Fashion-MNIST: its dimensions and payload."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         data = f.read()
-    if len(data) < 16 or int.from_bytes(data[0:4], "big") != 2051:
-        raise DataError(f"{path}: not an IDX3 image file")
-    count, rows, cols = (int.from_bytes(data[i:i + 4], "big") for i in (4, 8, 12))
-    if len(data) != 16 + count * rows * cols:
-        raise DataError(f"{path}: truncated IDX3 file")
-    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(count, rows, cols)
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header or int.from_bytes(data[0:4], "big") != magic:
+        raise DataError(f"{path}: not an IDX {kind} file")
+    dims = [int.from_bytes(data[i:i + 4], "big") for i in range(4, header, 4)]
+    if len(data) != header + int(np.prod(dims)):
+        raise DataError(f"{path}: truncated IDX {kind} file")
+    return dims, data[header:]
+
+
+def read_idx_images(path: Path) -> np.ndarray:
+    """uint8 images (N, rows, cols) from an IDX3 file (magic 2051)."""
+    dims, payload = _read_idx(path, 2051, "image")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
+
+
+def read_idx_labels(path: Path) -> np.ndarray:
+    """uint8 labels (N,) from an IDX1 file (magic 2049)."""
+    dims, payload = _read_idx(path, 2049, "label")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims).copy()
 
 
 def _fashion_mnist_source(download_root: Path | None) -> _Source:

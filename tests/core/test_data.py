@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from core.gan import data as data_module
-from core.gan.data import DataError, load_images, read_idx_images, to_model_range, to_uint8
+from core.gan.data import DataError, load_images, read_idx_images, read_idx_labels, to_model_range, to_uint8
 
 
 def _write_images(root: Path, count: int = 5) -> None:
@@ -105,8 +105,12 @@ def test_idx_reader_and_truncation(tmp_path):
     assert np.array_equal(read_idx_images(tmp_path / "x.gz"), images)
     with gzip.open(tmp_path / "bad.gz", "wb") as f:
         f.write((2051).to_bytes(4, "big") + (3).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + b"\0" * 10)
-    with pytest.raises(DataError, match="truncated"):
+    with pytest.raises(DataError, match="truncated IDX image"):
         read_idx_images(tmp_path / "bad.gz")
+    (tmp_path / "labels").write_bytes((2049).to_bytes(4, "big") + (3).to_bytes(4, "big") + bytes([7, 0, 9]))
+    assert read_idx_labels(tmp_path / "labels").tolist() == [7, 0, 9]
+    with pytest.raises(DataError, match="not an IDX label"):
+        read_idx_labels(tmp_path / "x.gz")
 
 
 def test_fashion_mnist_from_debian_files(cache_dir):
