@@ -1,0 +1,81 @@
+"""The platform's one settings object, built from the environment at an entry point and passed down.
+
+Only entry points call `Settings.from_env()` (the CLI, `web.create_app()`, `worker/celery_app.py`,
+`migrations/env.py`); library code takes a `Settings` argument. Defaults are the embedded platform's:
+SQLite and a local artifact directory under `data_dir`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlparse
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value the platform cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the embedded defaults live: the SQLite file, the local artifact store, the API key.
+    data_dir: Path = Path("var")
+    # SQLAlchemy URL; PostgreSQL in production (postgresql+psycopg://...), SQLite embedded.
+    database_url: str = ""
+    # Celery broker; `dcgan up` starts a bundled Redis when this is unset.
+    redis_url: str = ""
+    # file:///path or s3://bucket/prefix; empty means file://<data_dir>/artifacts.
+    storage_url: str = ""
+    # S3-compatible endpoint (MinIO, moto); empty means AWS. Credentials come from boto3's usual variables.
+    s3_endpoint_url: str = ""
+    # Uploads above this are answered 413 before the body is read.
+    max_upload_bytes: int = 512 * 1024 * 1024
+    # Longest a job may run; the broker's visibility timeout is set above it.
+    max_job_seconds: int = 24 * 3600
+    # Deliveries of one job before it fails with worker_lost.
+    max_attempts: int = 3
+    # A worker's claim on a job lasts this long unless its heartbeat extends it.
+    lease_seconds: int = 60
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        data_dir = Path(env.get("DCGAN_DATA_DIR", "var"))
+        settings = cls(
+            data_dir=data_dir,
+            database_url=env.get("DATABASE_URL", ""),
+            redis_url=env.get("REDIS_URL", ""),
+            storage_url=env.get("STORAGE_URL", ""),
+            s3_endpoint_url=env.get("S3_ENDPOINT_URL", ""),
+            max_upload_bytes=_int(env, "DCGAN_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
+            max_job_seconds=_int(env, "DCGAN_MAX_JOB_SECONDS", cls.max_job_seconds),
+            max_attempts=_int(env, "DCGAN_MAX_ATTEMPTS", cls.max_attempts),
+            lease_seconds=_int(env, "DCGAN_LEASE_SECONDS", cls.lease_seconds),
+        )
+        return settings.with_defaults()
+
+    def with_defaults(self) -> "Settings":
+        """Fill the embedded defaults that depend on data_dir and check the URLs."""
+        database_url = self.database_url or f"sqlite:///{(self.data_dir / 'dcgan.db').resolve()}"
+        storage_url = self.storage_url or (self.data_dir / "artifacts").resolve().as_uri()
+        scheme = urlparse(storage_url).scheme
+        if scheme not in ("file", "s3"):
+            raise SettingsError(f"STORAGE_URL: must start with file:// or s3://, got {storage_url!r}")
+        if scheme == "s3" and not urlparse(storage_url).netloc:
+            raise SettingsError(f"STORAGE_URL: no bucket in {storage_url!r} (use s3://bucket/prefix)")
+        return replace(self, database_url=database_url, storage_url=storage_url)
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected an integer, got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name}: must be positive, got {value}")
+    return value
