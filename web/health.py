@@ -1,4 +1,5 @@
-"""Liveness and readiness: /healthz says the process answers; /readyz checks what a request needs.
+"""Liveness and readiness (/healthz: the process answers; /readyz: what a request needs) and the OpenAPI
+document at /v1/openapi.json.
 
 Readiness checks are added as the platform grows (database, broker, storage); each is a named callable
 on `app.config["READINESS_CHECKS"]` that raises on failure, so /readyz names what is down.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 
 from .problems import Problem
+from .schemas import openapi_document
 
 bp = Blueprint("health", __name__)
 
@@ -30,3 +32,8 @@ def readyz():
         raise Problem(503, f"not ready: {', '.join(sorted(failures))} unavailable", headers={"Retry-After": "5"},
                       checks=failures)
     return jsonify(status="ready")
+
+
+@bp.get("/v1/openapi.json")
+def openapi():
+    return jsonify(openapi_document())

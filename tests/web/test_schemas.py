@@ -1,0 +1,74 @@
+import dataclasses
+
+import pytest
+from flask import Flask, request
+
+from core.gan.config import TrainConfig
+from web.problems import Problem, register_error_handlers
+from web.schemas import json_body, openapi_document, parse_train_request
+
+
+@pytest.fixture()
+def client():
+    app = Flask(__name__)
+    register_error_handlers(app)
+
+    @app.post("/train")
+    def train():
+        dataset, config = parse_train_request(json_body(request))
+        return {"dataset": dataset, "steps": config.steps}
+
+    return app.test_client()
+
+
+def test_valid_request(client):
+    response = client.post("/train", json={"dataset": "builtin:digits", "config": {"steps": 5, "img_size": 32}})
+    assert response.json == {"dataset": "builtin:digits", "steps": 5}
+
+
+def test_wrong_content_type_is_415(client):
+    response = client.post("/train", data="dataset=x", content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 415 and response.mimetype == "application/problem+json"
+
+
+@pytest.mark.parametrize("raw", ["{not json", "[1, 2]", "null"])
+def test_malformed_json_is_400(client, raw):
+    response = client.post("/train", data=raw, content_type="application/json")
+    assert response.status_code == 400 and response.json["type"] == "/problems/malformed-json"
+
+
+def test_every_bad_field_is_named(client):
+    response = client.post("/train", json={"dataset": "builtin:imagenet", "config": {"steps": 5, "img_size": 48},
+                                           "status": "succeeded"})
+    assert response.status_code == 422
+    fields = {e["field"]: e["message"] for e in response.json["errors"]}
+    assert set(fields) == {"dataset", "config.img_size", "status"}
+    assert fields["status"] == "unknown field"  # no mass assignment of read-only fields
+
+
+def test_missing_fields(client):
+    response = client.post("/train", json={})
+    assert {e["field"] for e in response.json["errors"]} == {"dataset", "config"}
+
+
+def test_openapi_config_schema_matches_the_engine():
+    document = openapi_document()
+    schema = document["components"]["schemas"]["TrainConfig"]
+    assert set(schema["properties"]) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert schema["additionalProperties"] is False
+    assert schema["properties"]["lr"]["default"] == TrainConfig.lr and schema["properties"]["img_size"]["enum"] == [
+        32, 64, 128]
+    assert document["openapi"].startswith("3.")
+
+
+def test_openapi_is_served(tmp_path):
+    from core.settings import Settings
+    from web import create_app
+
+    client = create_app(Settings(data_dir=tmp_path).with_defaults()).test_client()
+    assert client.get("/v1/openapi.json").json["info"]["title"] == "dcgan-platform"
+
+
+def test_problem_carries_extra_members():
+    problem = Problem(409, "already finished", slug="illegal-transition", job_status="succeeded")
+    assert problem.extra == {"job_status": "succeeded"} and problem.status == 409

@@ -1,0 +1,126 @@
+"""Request bodies: one JSON Schema per body, used both to validate requests and to write /v1/openapi.json.
+
+The training config's schema is generated from `core.gan.config.TrainConfig` (field names, types and
+defaults), and the config itself is validated by `TrainConfig.from_dict`, the same code the CLI, the worker
+and checkpoints use -- so the document, the API and the engine cannot disagree about a field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from flask import Request
+
+from core.gan.config import AUGMENTS, IMG_SIZES, LOSSES, PRECISIONS, ConfigError, TrainConfig
+
+from .problems import Problem, validation_problem
+
+_JSON_TYPES = {"int": "integer", "float": "number", "str": "string", "bool": "boolean"}
+_ENUMS = {"img_size": list(IMG_SIZES), "img_channels": [1, 3], "loss": list(LOSSES), "precision": list(PRECISIONS)}
+BUILTIN_DATASETS = ("builtin:digits", "builtin:fashion-mnist", "builtin:fake")
+
+
+def train_config_schema() -> dict[str, Any]:
+    properties: dict[str, Any] = {}
+    for field in dataclasses.fields(TrainConfig):
+        kind = str(field.type)
+        base = kind.replace("| None", "").strip()
+        schema: dict[str, Any] = {"type": [_JSON_TYPES[base], "null"] if "None" in kind else _JSON_TYPES[base]}
+        if field.default is not dataclasses.MISSING and field.default is not None:
+            schema["default"] = field.default
+        if field.name in _ENUMS:
+            schema["enum"] = _ENUMS[field.name]
+        properties[field.name] = schema
+    properties["diffaugment"]["description"] = f"comma-separated subset of {','.join(AUGMENTS)}; '' disables"
+    return {"type": "object", "properties": properties, "additionalProperties": False,
+            "description": "DCGAN training config; give steps or epochs. Same names as the CLI's --set."}
+
+
+TRAIN_JOB_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["dataset", "config"],
+    "additionalProperties": False,
+    "properties": {
+        "dataset": {"type": "string", "description": f"a dataset id or one of {', '.join(BUILTIN_DATASETS)}"},
+        "config": {"$ref": "#/components/schemas/TrainConfig"},
+    },
+}
+
+GENERATE_JOB_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["generator_job", "seeds"],
+    "additionalProperties": False,
+    "properties": {
+        "generator_job": {"type": "string", "format": "uuid", "description": "a succeeded train job"},
+        "seeds": {"oneOf": [{"type": "array", "items": {"type": "integer", "minimum": 0}},
+                            {"type": "string", "example": "0-63"}]},
+        "truncation": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1.0},
+        "nrow": {"type": "integer", "minimum": 1, "maximum": 64, "default": 8},
+    },
+}
+
+
+def json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object: 415 for another content type, 400 for malformed JSON or a non-object."""
+    if not request.is_json:
+        raise Problem(415, f"expected Content-Type application/json, got {request.mimetype or 'none'}")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise Problem(400, "the body is not valid JSON", slug="malformed-json", title="Malformed JSON")
+    if not isinstance(body, dict):
+        raise Problem(400, "the body must be a JSON object", slug="malformed-json", title="Malformed JSON")
+    return body
+
+
+def check_fields(body: dict[str, Any], schema: dict[str, Any]) -> list[dict[str, str]]:
+    """Required and unknown top-level fields (no mass assignment); value checks belong to each endpoint."""
+    errors = [{"field": name, "message": "required"} for name in schema.get("required", []) if name not in body]
+    known = schema["properties"]
+    errors += [{"field": name, "message": "unknown field"} for name in sorted(body) if name not in known]
+    return errors
+
+
+def parse_train_request(body: dict[str, Any]) -> tuple[str, TrainConfig]:
+    errors = check_fields(body, TRAIN_JOB_REQUEST)
+    dataset = body.get("dataset")
+    if "dataset" in body and (not isinstance(dataset, str) or not dataset):
+        errors.append({"field": "dataset", "message": "must be a dataset id or a builtin:<name>"})
+    elif isinstance(dataset, str) and dataset.startswith("builtin:") and dataset not in BUILTIN_DATASETS:
+        errors.append({"field": "dataset", "message": f"unknown builtin; use one of {', '.join(BUILTIN_DATASETS)}"})
+    config = None
+    if "config" in body:
+        try:
+            config = TrainConfig.from_dict(body["config"])
+        except ConfigError as exc:
+            errors.append({"field": f"config.{exc.field}" if exc.field != "config" else "config",
+                           "message": exc.message})
+    if errors:
+        raise validation_problem(errors)
+    assert config is not None and isinstance(dataset, str)
+    return dataset, config
+
+
+def openapi_document() -> dict[str, Any]:
+    problem = {"description": "an RFC 9457 problem", "content": {"application/problem+json": {
+        "schema": {"$ref": "#/components/schemas/Problem"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "dcgan-platform", "version": "1"},
+        "paths": {
+            "/healthz": {"get": {"summary": "the process answers", "responses": {"200": {"description": "ok"}}}},
+            "/readyz": {"get": {"summary": "database, broker and storage reachable",
+                                "responses": {"200": {"description": "ready"}, "503": problem}}},
+            "/v1/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "ok"}}}},
+        },
+        "components": {"schemas": {
+            "TrainConfig": train_config_schema(),
+            "TrainJobRequest": TRAIN_JOB_REQUEST,
+            "GenerateJobRequest": GENERATE_JOB_REQUEST,
+            "Problem": {"type": "object", "required": ["type", "title", "status", "detail"], "properties": {
+                "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                "detail": {"type": "string"}, "instance": {"type": "string"},
+                "errors": {"type": "array", "items": {"type": "object", "properties": {
+                    "field": {"type": "string"}, "message": {"type": "string"}}}}}},
+        }},
+    }
