@@ -23,6 +23,7 @@ run: $(STAMP)
 	@echo "Trained runs/demo. Grid: runs/demo/seeds-0-63.png. Next: see README.md (dcgan train --help)."
 
 test: $(STAMP)
+	@scripts/ensure_services.sh
 	@scripts/ensure_test_data.sh
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
