@@ -1,0 +1,293 @@
+"""The platform's SQL schema (SQLAlchemy 2.0 typed models) and how to connect to it.
+
+The database is the truth about tenants, datasets, jobs and their artifacts; Celery messages only say
+"look at job X". The same models run on PostgreSQL (production) and SQLite (the embedded default), so
+only portable types are used: `Uuid`, `JSON` (JSONB on PostgreSQL) and `UTCDateTime`, which stores UTC
+and always hands back timezone-aware UTC datetimes. Status and type columns are short strings with CHECK
+constraints rather than native enums, so adding a value is one migration on both backends.
+
+The MetaData carries a naming convention so every constraint name is the same on both backends and
+Alembic migrations can refer to them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, DateTime, Engine, ForeignKey, Index,
+                        Integer, MetaData, String, Text, UniqueConstraint, create_engine, event, select)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.types import TypeDecorator, Uuid
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+DEFAULT_TENANT_NAME = "default"
+
+
+class JobType(StrEnum):
+    TRAIN = "train"
+    GENERATE = "generate"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware timestamp stored as UTC; naive datetimes are refused rather than guessed.
+
+    PostgreSQL keeps `timestamptz` but returns it in the session's TimeZone; SQLite keeps text without an
+    offset. Normalising to UTC on the way in makes SQLite's text comparisons correct, and on the way out
+    gives both backends the same values.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()} given; store timezone-aware UTC")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:  # SQLite: the stored text is UTC by construction
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+JSONDocument = JSON().with_variant(postgresql.JSONB(), "postgresql")
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+AutoIncrementId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _in(column: str, values) -> str:
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), uuid.UUID: Uuid(), dict[str, Any]: JSONDocument}
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    # sha256 hex of the secret; the secret itself is shown once and never stored.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The first characters of the key, so a user can tell their keys apart in listings.
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_tenant_id_created_at_id", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    # "upload" or "builtin:<name>" (e.g. "builtin:digits").
+    source: Mapped[str] = mapped_column(String(100))
+    storage_prefix: Mapped[str] = mapped_column(String(512))
+    num_images: Mapped[int] = mapped_column(default=0)
+    # Files in an upload that were not usable images (counted, not stored).
+    num_rejected: Mapped[int] = mapped_column(default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="ready")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    """One train or generate request and everything the platform knows about its execution.
+
+    `attempt` is the fencing token: every claim bumps it, and every write a worker makes is conditioned
+    on the attempt it claimed, so a worker that lost its lease cannot overwrite its successor's state.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(_in("type", JobType), name="type"),
+        CheckConstraint(_in("status", JobStatus), name="status"),
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        # Newest-first listing per tenant; a B-tree scans backwards, so ascending columns serve DESC too.
+        Index("ix_jobs_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
+        # The reaper looks for running jobs whose lease has expired.
+        Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    type: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
+    # The validated config (TrainConfig.to_dict() for train jobs), enough to rebuild it in the worker.
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The rest of the request: dataset reference, seeds, generator job, ...
+    request: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error_type: Mapped[str | None] = mapped_column(String(64))
+    error_detail: Mapped[str | None] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=3)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The latest checkpoint known to be complete; a reclaimed job resumes from it.
+    checkpoint_key: Mapped[str | None] = mapped_column(String(1024))
+    checkpoint_step: Mapped[int | None]
+    dataset_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"),
+                                                         index=True)
+    # For generate jobs: the train job whose generator they sample.
+    parent_job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"),
+                                                            index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    # What the artifact is to a user: "grid.png", "checkpoint", "samples/step-0001200.png", ...
+    name: Mapped[str] = mapped_column(String(255))
+    # The artifact store key (jobs/<id>/...); unique, so recording the same upload twice is a no-op.
+    key: Mapped[str] = mapped_column(String(1024), unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    content_type: Mapped[str] = mapped_column(String(100))
+    step: Mapped[int | None]
+    # Which attempt wrote it (the fencing token it held).
+    attempt: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobEvent(Base):
+    """The audit trail of one job: state changes and notes, never per-step progress."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(AutoIncrementId, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    # queued, claimed, resumed, succeeded, failed, cancel_requested, cancelled, requeued, lease_expired
+    kind: Mapped[str] = mapped_column(String(32))
+    attempt: Mapped[int]
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class IdempotencyRecord(Base):
+    """The stored answer to a POST with an Idempotency-Key, replayed when the same request comes again."""
+
+    __tablename__ = "idempotency_records"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"),
+                                                 primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # sha256 of the request (method, path, body): the same key with another request is a conflict.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    response_status: Mapped[int]
+    response_body: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def ensure_default_tenant(session: Session) -> Tenant:
+    """Return the local tenant that an install without API keys runs as, creating it if missing.
+
+    Safe to call from several processes at once: the insert ignores a conflict with a concurrent one.
+    The caller commits.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        raise ValueError(f"unsupported database {dialect!r}: use PostgreSQL or SQLite")
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(insert(Tenant).values(id=uuid.uuid4(), name=DEFAULT_TENANT_NAME, created_at=utcnow())
+                    .on_conflict_do_nothing())
+    return session.scalars(select(Tenant).where(Tenant.name == DEFAULT_TENANT_NAME)).one()
+
+
+def engine_url(database_url: str) -> URL:
+    """The URL to connect with: a bare postgresql:// means psycopg 3, the driver the platform ships
+    (SQLAlchemy would otherwise look for psycopg2)."""
+    url = make_url(database_url)
+    return url.set(drivername="postgresql+psycopg") if url.drivername in ("postgresql", "postgres") else url
+
+
+def make_engine(database_url: str) -> Engine:
+    """An engine for PostgreSQL or SQLite with the settings each needs to be correct under concurrency.
+
+    SQLite: foreign keys on for every connection (off by default), WAL so readers don't block the
+    writer, a busy timeout so concurrent writers wait instead of failing, and connections usable from the
+    worker's heartbeat thread. PostgreSQL: connections are checked before use, so a database restart
+    costs one reconnect rather than one failed request.
+    """
+    url = engine_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    in_memory = url.database in (None, "", ":memory:")
+    if not in_memory:
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    # One shared connection for an in-memory database, or each connection would see an empty one.
+    pool = {"poolclass": StaticPool} if in_memory else {}
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
+
+    @event.listens_for(engine, "connect")
+    def _configure_sqlite(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")  # durable across app crashes in WAL mode
+        cursor.close()
+
+    return engine
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions whose ORM objects are expired on commit, so a long-lived worker session never reads a
+    job row it loaded before another process changed it."""
+    return sessionmaker(bind=engine)

@@ -1,0 +1,314 @@
+"""Job state transitions: the only code that changes a job's status, lease or fencing token.
+
+    queued --claim--> running --finish--> succeeded | failed | cancelled
+    queued --cancel--> cancelled
+    running --lease expired / release--> queued      (or failed: worker_lost, after max_attempts)
+
+Every transition is one conditional UPDATE whose WHERE clause states what must still be true (status,
+attempt, lease), checked by its row count, so two workers racing for a job cannot both win and a worker
+that lost its lease cannot write over its successor. A worker's writes carry the `attempt` its claim
+returned (the fencing token); when they no longer match the row, they return False and change nothing.
+
+Functions run inside the caller's transaction and never commit: the caller commits after each one (the
+worker) or together with its own rows (the API, with the idempotency record). `now` parameters exist for
+tests; times are taken from the calling process's clock, in UTC.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from core.db import FINISHED_STATUSES, Artifact, Job, JobEvent, JobStatus, JobType, UTCDateTime, utcnow
+
+
+class IllegalTransition(Exception):
+    """The job is not in a state that allows the requested change (the API answers 409)."""
+
+
+class JobNotFound(LookupError):
+    """No job with that id (for that tenant)."""
+
+
+class BadCursor(ValueError):
+    """A list cursor that this module did not produce."""
+
+
+def create_job(session: Session, tenant_id: uuid.UUID, type: str, config: dict[str, Any],
+               request: dict[str, Any], *, max_attempts: int = 3, dataset_id: uuid.UUID | None = None,
+               parent_job_id: uuid.UUID | None = None, idempotency_key: str | None = None,
+               now: datetime | None = None) -> Job:
+    """Insert a queued job and its "queued" event."""
+    now = now or utcnow()
+    if type not in set(JobType):
+        raise ValueError(f"type: expected one of {sorted(JobType)}, got {type!r}")
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts: must be positive, got {max_attempts}")
+    job = Job(id=uuid.uuid4(), tenant_id=tenant_id, type=type, status=JobStatus.QUEUED, config=config,
+              request=request, progress={}, attempt=0, max_attempts=max_attempts, cancel_requested=False,
+              dataset_id=dataset_id, parent_job_id=parent_job_id, idempotency_key=idempotency_key,
+              created_at=now, updated_at=now)
+    session.add(job)
+    session.flush()
+    _event(session, job.id, "queued", 0, now)
+    return job
+
+
+def claim_job(session: Session, job_id: uuid.UUID, worker: str, lease_seconds: float,
+              now: datetime | None = None) -> int | None:
+    """Take a queued job, or a running one whose lease expired, for `worker`; return the new attempt.
+
+    None when the job is not claimable: someone else holds a live lease, it is finished, cancellation
+    was requested, or its attempts are spent. The first UPDATE takes a queued job; only if that misses
+    does the second take over an expired lease, so the event log can say which happened.
+    """
+    now = now or utcnow()
+    claimable = and_(Job.id == job_id, Job.cancel_requested.is_(False), Job.attempt < Job.max_attempts)
+    values = dict(status=JobStatus.RUNNING, attempt=Job.attempt + 1, worker=worker,
+                  lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now, updated_at=now,
+                  started_at=func.coalesce(Job.started_at, literal(now, UTCDateTime())))
+    returning = (Job.attempt, Job.checkpoint_step)
+    row = session.execute(update(Job).where(claimable, Job.status == JobStatus.QUEUED).values(**values)
+                          .returning(*returning)).one_or_none()
+    if row is None:
+        row = session.execute(update(Job).where(claimable, _lease_expired(now)).values(**values)
+                              .returning(*returning)).one_or_none()
+        if row is None:
+            return None
+        _event(session, job_id, "lease_expired", row.attempt - 1, now, {"reclaimed_by": worker})
+    if row.checkpoint_step is None:
+        _event(session, job_id, "claimed", row.attempt, now, {"worker": worker})
+    else:
+        _event(session, job_id, "resumed", row.attempt, now,
+               {"worker": worker, "resumed_from_step": row.checkpoint_step})
+    return row.attempt
+
+
+def heartbeat(session: Session, job_id: uuid.UUID, attempt: int, lease_seconds: float,
+              now: datetime | None = None) -> bool:
+    """Extend the lease of the attempt that holds the job; False means it no longer does: stop."""
+    now = now or utcnow()
+    return _fenced_update(session, job_id, attempt, heartbeat_at=now, updated_at=now,
+                          lease_expires_at=now + timedelta(seconds=lease_seconds))
+
+
+def record_progress(session: Session, job_id: uuid.UUID, attempt: int, progress: dict[str, Any]) -> bool:
+    """Replace the job's progress document (step, losses, ...) if `attempt` still holds the job."""
+    return _fenced_update(session, job_id, attempt, progress=progress, updated_at=utcnow())
+
+
+def set_checkpoint(session: Session, job_id: uuid.UUID, attempt: int, key: str, step: int) -> bool:
+    """Point the job at a checkpoint that is fully written; a reclaimed job resumes from it.
+
+    Not required to move forward: an attempt that found the checkpoint unusable starts over from 0.
+    """
+    return _fenced_update(session, job_id, attempt, checkpoint_key=key, checkpoint_step=step,
+                          updated_at=utcnow())
+
+
+def record_artifact(session: Session, job_id: uuid.UUID, attempt: int, name: str, key: str, size: int,
+                    sha256: str, content_type: str, step: int | None = None) -> bool:
+    """Record an uploaded artifact if `attempt` still holds the job.
+
+    Idempotent on `key`: recording it again (a retried upload, or a resumed attempt rewriting the same
+    step) updates the row to describe what the store now holds. The fencing UPDATE comes first, so the
+    job row stays locked until commit and the artifact cannot appear for a fenced-out attempt.
+    """
+    now = utcnow()
+    if not _fenced_update(session, job_id, attempt, updated_at=now):
+        return False
+    existing = session.scalars(select(Artifact).where(Artifact.key == key)).one_or_none()
+    if existing is not None and existing.job_id != job_id:
+        raise ValueError(f"artifact key {key!r} already belongs to job {existing.job_id}")
+    artifact = existing or Artifact(id=uuid.uuid4(), job_id=job_id, key=key, created_at=now)
+    artifact.name, artifact.size, artifact.sha256 = name, size, sha256
+    artifact.content_type, artifact.step, artifact.attempt = content_type, step, attempt
+    session.add(artifact)
+    session.flush()
+    return True
+
+
+def finish_job(session: Session, job_id: uuid.UUID, attempt: int, status: str, error_type: str | None = None,
+               error_detail: str | None = None, now: datetime | None = None) -> bool:
+    """Move a running job to succeeded, failed or cancelled; False if `attempt` no longer holds it."""
+    if status not in FINISHED_STATUSES:
+        raise IllegalTransition(f"a running job can finish as {sorted(FINISHED_STATUSES)}, not {status!r}")
+    now = now or utcnow()
+    if not _fenced_update(session, job_id, attempt, status=status, error_type=error_type,
+                          error_detail=error_detail, lease_expires_at=None, finished_at=now, updated_at=now):
+        return False
+    detail = {"error_type": error_type} if error_type else {}
+    _event(session, job_id, status, attempt, now, detail)
+    return True
+
+
+def release_lease(session: Session, job_id: uuid.UUID, attempt: int, now: datetime | None = None) -> bool:
+    """Give a running job back to the queue on a graceful stop (worker shutdown), or cancel it if that
+    was requested meanwhile.
+
+    The attempt number never goes down (it is the fencing token), so the job gets one more allowed
+    attempt instead: a graceful stop does not spend the retry budget.
+    """
+    now = now or utcnow()
+    row = session.execute(
+        update(Job).where(*_holds(job_id, attempt))
+        .values(status=case((Job.cancel_requested, JobStatus.CANCELLED), else_=JobStatus.QUEUED),
+                finished_at=case((Job.cancel_requested, literal(now, UTCDateTime())), else_=None),
+                max_attempts=case((Job.cancel_requested, Job.max_attempts), else_=Job.max_attempts + 1),
+                worker=None, lease_expires_at=None, updated_at=now)
+        .returning(Job.status)).one_or_none()
+    if row is None:
+        return False
+    kind = "cancelled" if row.status == JobStatus.CANCELLED else "requeued"
+    _event(session, job_id, kind, attempt, now, {"reason": "released"})
+    return True
+
+
+def request_cancel(session: Session, job_id: uuid.UUID, now: datetime | None = None) -> Job:
+    """Cancel a queued job now, or ask the worker running it to stop at its next step.
+
+    Raises JobNotFound, or IllegalTransition when the job has already finished. Asking twice for a
+    running job is not an error and records one event.
+    """
+    now = now or utcnow()
+    queued = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now)
+        .returning(Job.attempt)).one_or_none()
+    if queued is not None:
+        _event(session, job_id, "cancelled", queued.attempt, now)
+    else:
+        running = session.execute(
+            update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.cancel_requested.is_(False))
+            .values(cancel_requested=True, updated_at=now).returning(Job.attempt)).one_or_none()
+        if running is not None:
+            _event(session, job_id, "cancel_requested", running.attempt, now)
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise JobNotFound(f"job {job_id} not found")
+    if queued is None and job.status in FINISHED_STATUSES:
+        raise IllegalTransition(f"job {job_id} has already finished ({job.status})")
+    return job
+
+
+def should_stop(session: Session, job_id: uuid.UUID, attempt: int) -> bool:
+    """True when the worker holding `attempt` should stop: cancellation was requested, or it was fenced
+    out (its lease expired and another attempt took the job), or the job is gone."""
+    row = session.execute(select(Job.status, Job.attempt, Job.cancel_requested)
+                          .where(Job.id == job_id)).one_or_none()
+    return row is None or row.cancel_requested or row.attempt != attempt or row.status != JobStatus.RUNNING
+
+
+def requeue_expired(session: Session, now: datetime | None = None) -> list[uuid.UUID]:
+    """Deal with every running job whose lease expired; return the ids put back in the queue.
+
+    The caller re-sends those to the broker. Jobs whose attempts are spent fail with error_type
+    'worker_lost'; jobs whose cancellation was requested are cancelled, since nobody is left to do it.
+    """
+    now = now or utcnow()
+    expired = session.execute(select(Job.id, Job.attempt, Job.max_attempts, Job.cancel_requested)
+                              .where(_lease_expired(now)).order_by(Job.lease_expires_at)).all()
+    requeued = []
+    for job_id, attempt, max_attempts, cancel_requested in expired:
+        if cancel_requested:
+            values, kind = dict(status=JobStatus.CANCELLED, finished_at=now), "cancelled"
+        elif attempt < max_attempts:
+            values, kind = dict(status=JobStatus.QUEUED, worker=None), "requeued"
+        else:
+            values, kind = dict(status=JobStatus.FAILED, finished_at=now, error_type="worker_lost",
+                                error_detail=f"the worker stopped heartbeating on attempt {attempt} of "
+                                             f"{max_attempts}"), "failed"
+        # Conditioned on what was read: a heartbeat or a claim in between wins over the reaper.
+        result = session.execute(update(Job).where(*_holds(job_id, attempt), _lease_expired(now))
+                                 .values(lease_expires_at=None, updated_at=now, **values))
+        if result.rowcount != 1:
+            continue
+        _event(session, job_id, "lease_expired", attempt, now)
+        _event(session, job_id, kind, attempt, now, {"error_type": "worker_lost"} if kind == "failed" else {})
+        if kind == "requeued":
+            requeued.append(job_id)
+    return requeued
+
+
+def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:
+    """The job as the database has it now, or None if it does not exist for this tenant."""
+    return session.scalars(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
+                           .execution_options(populate_existing=True)).one_or_none()
+
+
+def list_jobs(session: Session, tenant_id: uuid.UUID, status: str | None = None, type: str | None = None,
+              limit: int = 50, cursor: str | None = None) -> tuple[list[Job], str | None]:
+    """One page of the tenant's jobs, newest first, and the cursor of the next page (None on the last).
+
+    Keyset pagination on (created_at, id): pages stay consistent while jobs are being created.
+    """
+    if limit < 1:
+        raise ValueError(f"limit: must be positive, got {limit}")
+    query = select(Job).where(Job.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if type is not None:
+        query = query.where(Job.type == type)
+    if cursor is not None:
+        created_at, last_id = decode_cursor(cursor)
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(literal(created_at, UTCDateTime()),
+                                                                    literal(last_id, Job.id.type)))
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    jobs = list(session.scalars(query.execution_options(populate_existing=True)))
+    if len(jobs) <= limit:
+        return jobs, None
+    jobs = jobs[:limit]
+    return jobs, encode_cursor(jobs[-1].created_at, jobs[-1].id)
+
+
+def list_artifacts(session: Session, job_id: uuid.UUID) -> list[Artifact]:
+    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id)
+                                .order_by(Artifact.name, Artifact.key)))
+
+
+def list_events(session: Session, job_id: uuid.UUID) -> list[JobEvent]:
+    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+
+def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_text, id_text = raw.split("|")
+        created_at, job_id = datetime.fromisoformat(created_text), uuid.UUID(id_text)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadCursor(f"cursor: not a cursor from a previous page: {cursor!r}") from None
+    if created_at.tzinfo is None:
+        raise BadCursor(f"cursor: not a cursor from a previous page: {cursor!r}")
+    return created_at, job_id
+
+
+def _holds(job_id: uuid.UUID, attempt: int) -> tuple[ColumnElement[bool], ...]:
+    """The fence: the job is running under exactly this attempt."""
+    return Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.RUNNING
+
+
+def _lease_expired(now: datetime) -> ColumnElement[bool]:
+    return and_(Job.status == JobStatus.RUNNING,
+                or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))
+
+
+def _fenced_update(session: Session, job_id: uuid.UUID, attempt: int, **values: Any) -> bool:
+    result = session.execute(update(Job).where(*_holds(job_id, attempt)).values(**values)
+                             .execution_options(synchronize_session="fetch"))
+    return result.rowcount == 1
+
+
+def _event(session: Session, job_id: uuid.UUID, kind: str, attempt: int, at: datetime,
+           detail: dict[str, Any] | None = None) -> None:
+    session.add(JobEvent(job_id=job_id, kind=kind, attempt=attempt, at=at, detail=detail or {}))
+    session.flush()
