@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Real PostgreSQL / SQLite databases migrated by the repository's Alembic revisions, for every test tree.
+pytest_plugins = ["tests.db_fixtures"]
+
 # DCGAN_TEST_DEVICE=cuda runs the core suite on a GPU (bench/gpu_check.sh does); CPU otherwise.
 TEST_DEVICE = os.environ.get("DCGAN_TEST_DEVICE", "cpu")
 

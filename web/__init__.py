@@ -9,6 +9,8 @@ from flask import Flask
 from core.settings import Settings
 
 from .health import bp as health_bp
+from .jobs import bp as jobs_bp
+from .platform import attach, readiness_checks
 from .problems import register_error_handlers
 
 
@@ -19,5 +21,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Bodies above the limit are refused with 413 from the Content-Length header, before reading them.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     register_error_handlers(app)
+    attach(app, settings)
+    app.config["READINESS_CHECKS"] = readiness_checks(app)
     app.register_blueprint(health_bp)
+    app.register_blueprint(jobs_bp)
     return app

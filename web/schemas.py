@@ -8,7 +8,7 @@ and checkpoints use -- so the document, the API and the engine cannot disagree a
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from flask import Request
 
@@ -81,13 +81,17 @@ def check_fields(body: dict[str, Any], schema: dict[str, Any]) -> list[dict[str,
     return errors
 
 
-def parse_train_request(body: dict[str, Any]) -> tuple[str, TrainConfig]:
+def parse_train_request(body: dict[str, Any],
+                        dataset_exists: Callable[[str], bool] = lambda _: False) -> tuple[str, TrainConfig]:
+    """The dataset reference and the validated config; every bad field is reported in one 422."""
     errors = check_fields(body, TRAIN_JOB_REQUEST)
     dataset = body.get("dataset")
     if "dataset" in body and (not isinstance(dataset, str) or not dataset):
         errors.append({"field": "dataset", "message": "must be a dataset id or a builtin:<name>"})
     elif isinstance(dataset, str) and dataset.startswith("builtin:") and dataset not in BUILTIN_DATASETS:
         errors.append({"field": "dataset", "message": f"unknown builtin; use one of {', '.join(BUILTIN_DATASETS)}"})
+    elif isinstance(dataset, str) and not dataset.startswith("builtin:") and not dataset_exists(dataset):
+        errors.append({"field": "dataset", "message": f"no dataset {dataset!r}"})
     config = None
     if "config" in body:
         try:
@@ -104,6 +108,7 @@ def parse_train_request(body: dict[str, Any]) -> tuple[str, TrainConfig]:
 def openapi_document() -> dict[str, Any]:
     problem = {"description": "an RFC 9457 problem", "content": {"application/problem+json": {
         "schema": {"$ref": "#/components/schemas/Problem"}}}}
+    job = {"description": "the job", "content": {"application/json": {"schema": {"type": "object"}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "dcgan-platform", "version": "1"},
@@ -112,6 +117,31 @@ def openapi_document() -> dict[str, Any]:
             "/readyz": {"get": {"summary": "database, broker and storage reachable",
                                 "responses": {"200": {"description": "ready"}, "503": problem}}},
             "/v1/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "ok"}}}},
+            "/v1/jobs/train": {"post": {
+                "summary": "submit a training job",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/TrainJobRequest"}}}},
+                "responses": {"202": job, "400": problem, "415": problem, "422": problem}}},
+            "/v1/jobs/generate": {"post": {
+                "summary": "generate images for seeds from a succeeded training job",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/GenerateJobRequest"}}}},
+                "responses": {"202": job, "400": problem, "415": problem, "422": problem}}},
+            "/v1/jobs": {"get": {
+                "summary": "jobs, newest first",
+                "parameters": [_query("status", ["queued", "running", "succeeded", "failed", "cancelled"]),
+                               _query("type", ["train", "generate"]),
+                               {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                           "maximum": 200, "default": 50}},
+                               {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "a page of jobs and next_cursor"}, "422": problem}}},
+            "/v1/jobs/{job_id}": {"get": {"summary": "status and progress", "parameters": [_job_id()],
+                                          "responses": {"200": job, "404": problem}}},
+            "/v1/jobs/{job_id}/cancel": {"post": {
+                "summary": "queued jobs never start; running ones stop at the next step",
+                "parameters": [_job_id()], "responses": {"202": job, "404": problem, "409": problem}}},
+            "/v1/jobs/{job_id}/events": {"get": {"summary": "the job's timeline", "parameters": [_job_id()],
+                                                 "responses": {"200": {"description": "events"}, "404": problem}}},
         },
         "components": {"schemas": {
             "TrainConfig": train_config_schema(),
@@ -124,3 +154,11 @@ def openapi_document() -> dict[str, Any]:
                     "field": {"type": "string"}, "message": {"type": "string"}}}}}},
         }},
     }
+
+
+def _query(name: str, values: list[str]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "schema": {"type": "string", "enum": values}}
+
+
+def _job_id() -> dict[str, Any]:
+    return {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}

@@ -14,11 +14,10 @@ from __future__ import annotations
 import copy
 import io
 import math
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 import torch.ao.quantization as tq
@@ -29,7 +28,7 @@ from torchvision.utils import make_grid
 from .checkpoint import atomic_write, load_module_state, read_generator
 from .config import TrainConfig
 from .data import to_uint8
-from .errors import GanError
+from .seeds import MAX_SEEDS, SampleError, parse_seeds  # noqa: F401  (torch-free, shared with the API)
 from .models import Generator, build_generator
 
 # Every forward pass sees exactly this many samples (the last chunk is padded), so a batch-size-dependent
@@ -37,11 +36,6 @@ from .models import Generator, build_generator
 # gives bitwise the same image at any batch position; cuDNN does not (measured on an H100: ~1e-5 apart),
 # so on CUDA each seed gets its own forward unless SamplerOptions.micro_batch trades that for throughput.
 MICRO_BATCH = {"cpu": 16, "cuda": 1}
-MAX_SEEDS = 100_000
-
-
-class SampleError(GanError):
-    """Bad sampling input (seed list, truncation, frame count)."""
 
 
 @dataclass(frozen=True)
@@ -67,31 +61,6 @@ def noise_for_seeds(seeds: Sequence[int], z_dim: int, truncation: float = 1.0) -
     if not rows:
         return torch.empty(0, z_dim, 1, 1)
     return (torch.stack(rows) * truncation).view(len(seeds), z_dim, 1, 1)
-
-
-def parse_seeds(spec: str | Iterable[int]) -> list[int]:
-    """`"0-63"`, `"1,5,9-12"` or a list of ints -> list of seeds (order kept)."""
-    if not isinstance(spec, str):
-        seeds = [int(s) for s in spec]
-    else:
-        seeds = []
-        for part in filter(None, (p.strip() for p in spec.split(","))):
-            match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-            if not match:
-                raise SampleError(f"seeds: {part!r} is not a seed or a range like 0-63")
-            start, end = int(match[1]), int(match[2] or match[1])
-            if end < start:
-                raise SampleError(f"seeds: range {part!r} runs backwards")
-            if end - start + 1 + len(seeds) > MAX_SEEDS:
-                raise SampleError(f"seeds: more than {MAX_SEEDS} seeds")
-            seeds.extend(range(start, end + 1))
-    if not seeds:
-        raise SampleError("seeds: none given")
-    if len(seeds) > MAX_SEEDS:
-        raise SampleError(f"seeds: more than {MAX_SEEDS} seeds")
-    if any(s < 0 or s >= 2**63 for s in seeds):
-        raise SampleError("seeds: each seed must be in [0, 2^63)")
-    return seeds
 
 
 class Sampler:

@@ -8,8 +8,10 @@ from web import create_app
 
 
 @pytest.fixture()
-def app(tmp_path):
-    app = create_app(Settings(data_dir=tmp_path, max_upload_bytes=1024).with_defaults())
+def app(tmp_path, redis_client):
+    from tests.web.conftest import TEST_REDIS_URL
+
+    app = create_app(Settings(data_dir=tmp_path, max_upload_bytes=1024, redis_url=TEST_REDIS_URL).with_defaults())
 
     @app.post("/echo")
     def echo():  # a test-only route to exercise body limits and unexpected errors
@@ -25,6 +27,17 @@ def test_health(app):
     client = app.test_client()
     assert client.get("/healthz").json == {"status": "ok"}
     assert client.get("/readyz").json == {"status": "ready"}
+
+
+def test_readyz_reports_an_unreachable_broker(tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = create_app(Settings(data_dir=tmp_path, redis_url=f"redis://127.0.0.1:{port}/0").with_defaults())
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503 and set(response.json["checks"]) == {"broker"}
 
 
 def test_readyz_names_what_is_down(app):

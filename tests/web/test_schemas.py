@@ -72,3 +72,13 @@ def test_openapi_is_served(tmp_path):
 def test_problem_carries_extra_members():
     problem = Problem(409, "already finished", slug="illegal-transition", job_status="succeeded")
     assert problem.extra == {"job_status": "succeeded"} and problem.status == 409
+
+
+def test_openapi_lists_every_route_the_app_serves(tmp_path):
+    from core.settings import Settings
+    from web import create_app
+
+    app = create_app(Settings(data_dir=tmp_path).with_defaults())
+    served = {rule.rule.replace("<job_id>", "{job_id}") for rule in app.url_map.iter_rules()
+              if rule.endpoint != "static"}
+    assert served == set(openapi_document()["paths"])

@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from core.db import Base, ensure_default_tenant, make_engine, make_session_factory
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URLS = [url for url in (
     os.environ.get("DCGAN_TEST_POSTGRES_URL"),
     "postgresql+psycopg://postgres@127.0.0.1:5432/test",

@@ -1,0 +1,95 @@
+"""The job endpoints on real parts: SQLite and PostgreSQL, the real Redis broker (messages are read back
+from the queue), LocalStore. The worker side is tested in tests/worker."""
+
+import json
+import uuid
+
+import pytest
+
+from core import jobs
+from core.db import JobStatus
+
+TRAIN = {"dataset": "builtin:digits", "config": {"steps": 20, "img_size": 32, "img_channels": 1}}
+
+
+def queued_messages(redis_client, queue: str) -> list[dict]:
+    return [json.loads(raw) for raw in redis_client.lrange(queue, 0, -1)]
+
+
+def test_submit_train_job_commits_then_enqueues(api, redis_client):
+    response = api.post("/v1/jobs/train", json=TRAIN)
+    assert response.status_code == 202
+    job = response.json
+    assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["attempt"] == 0 and job["config"]["steps"] == 20
+    assert job["config"]["lr"] == 2e-4  # stored as the full validated config
+    messages = queued_messages(redis_client, "train")
+    assert [m["headers"]["task"] for m in messages] == ["dcgan.train"]
+    assert messages[0]["headers"]["argsrepr"] == repr([job["id"]])
+    assert api.get(job["links"]["get"]).json["id"] == job["id"]
+
+
+def test_bad_train_requests(api, redis_client):
+    bad = api.post("/v1/jobs/train", json={"dataset": str(uuid.uuid4()), "config": {"steps": 0, "foo": 1}})
+    assert bad.status_code == 422
+    assert {e["field"] for e in bad.json["errors"]} >= {"dataset", "config.foo"}
+    assert api.post("/v1/jobs/train", data="x", content_type="text/plain").status_code == 415
+    assert api.post("/v1/jobs/train", data="{", content_type="application/json").status_code == 400
+    assert queued_messages(redis_client, "train") == []  # nothing half-done: no job, no message
+    assert api.get("/v1/jobs").json["jobs"] == []
+
+
+@pytest.mark.parametrize("job_id", ["not-a-uuid", str(uuid.uuid4())])
+def test_unknown_job_is_404(api, job_id):
+    for response in (api.get(f"/v1/jobs/{job_id}"), api.post(f"/v1/jobs/{job_id}/cancel"),
+                     api.get(f"/v1/jobs/{job_id}/events")):
+        assert response.status_code == 404 and response.mimetype == "application/problem+json"
+
+
+def test_list_newest_first_with_filters_and_cursor(api):
+    ids = [api.post("/v1/jobs/train", json=TRAIN).json["id"] for _ in range(5)]
+    first = api.get("/v1/jobs?limit=2").json
+    assert [j["id"] for j in first["jobs"]] == ids[::-1][:2] and first["next_cursor"]
+    rest = api.get(f"/v1/jobs?limit=10&cursor={first['next_cursor']}").json
+    assert [j["id"] for j in rest["jobs"]] == ids[::-1][2:] and rest["next_cursor"] is None
+    assert api.get("/v1/jobs?type=generate").json["jobs"] == []
+    assert len(api.get("/v1/jobs?status=queued").json["jobs"]) == 5
+    bad = api.get("/v1/jobs?status=done&limit=0&cursor=zzz")
+    assert bad.status_code == 422 and {e["field"] for e in bad.json["errors"]} == {"status", "limit"}
+    assert api.get("/v1/jobs?cursor=zzz").status_code == 422
+
+
+def test_cancel_queued_then_409(api):
+    job = api.post("/v1/jobs/train", json=TRAIN).json
+    cancelled = api.post(f"/v1/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 202 and cancelled.json["status"] == "cancelled"
+    again = api.post(f"/v1/jobs/{job['id']}/cancel")
+    assert again.status_code == 409 and again.json["type"] == "/problems/illegal-transition"
+    kinds = [e["kind"] for e in api.get(f"/v1/jobs/{job['id']}/events").json["events"]]
+    assert kinds[0] == "queued" and kinds[-1] == "cancelled"
+
+
+def test_cancel_running_asks_the_worker(api, session_factory):
+    job = api.post("/v1/jobs/train", json=TRAIN).json
+    with session_factory() as session:
+        assert jobs.claim_job(session, uuid.UUID(job["id"]), "test-worker", 60) == 1
+        session.commit()
+    response = api.post(f"/v1/jobs/{job['id']}/cancel").json
+    assert response["status"] == "running" and response["cancel_requested"] is True
+
+
+def test_generate_needs_a_succeeded_training_job(api, session_factory, redis_client):
+    train = api.post("/v1/jobs/train", json=TRAIN).json
+    early = api.post("/v1/jobs/generate", json={"generator_job": train["id"], "seeds": "0-7"})
+    assert early.status_code == 422 and "not succeeded" in early.json["errors"][0]["message"]
+    with session_factory() as session:
+        attempt = jobs.claim_job(session, uuid.UUID(train["id"]), "w", 60)
+        jobs.finish_job(session, uuid.UUID(train["id"]), attempt, JobStatus.SUCCEEDED)
+        session.commit()
+    ok = api.post("/v1/jobs/generate", json={"generator_job": train["id"], "seeds": "0-7", "truncation": 0.7})
+    assert ok.status_code == 202 and ok.json["type"] == "generate"
+    assert ok.json["request"]["seeds"] == list(range(8)) and ok.json["request"]["truncation"] == 0.7
+    assert [m["headers"]["task"] for m in queued_messages(redis_client, "generate")] == ["dcgan.generate"]
+    bad = api.post("/v1/jobs/generate", json={"generator_job": "nope", "seeds": "9-1", "truncation": 2,
+                                              "nrow": 0, "extra": 1})
+    assert {e["field"] for e in bad.json["errors"]} == {"generator_job", "seeds", "truncation", "nrow", "extra"}

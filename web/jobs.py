@@ -1,0 +1,182 @@
+"""/v1/jobs: submit training and generation jobs, poll them, list, cancel, and read their timeline.
+
+A job row is committed before its task is published (the worker must find it), and the response is built
+from the row: the database, not Celery, is the truth about a job. Until API keys land (the reliability
+issue) every request acts for the default tenant.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import Blueprint, current_app, request, url_for
+
+from core import jobs
+from core.db import Dataset, Job, JobStatus, JobType, ensure_default_tenant
+from core.gan.seeds import SampleError, parse_seeds
+
+from .platform import db, queue
+from .problems import Problem, validation_problem
+from .schemas import GENERATE_JOB_REQUEST, check_fields, json_body, parse_train_request
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+MAX_LIST_LIMIT = 200
+
+
+def _tenant_id() -> uuid.UUID:
+    tenant = ensure_default_tenant(db())
+    return tenant.id
+
+
+def _job_or_404(job_id: str) -> Job:
+    try:
+        parsed = uuid.UUID(job_id)
+    except ValueError:
+        raise Problem(404, f"no job {job_id!r}") from None
+    job = jobs.get_job(db(), _tenant_id(), parsed)
+    if job is None:
+        raise Problem(404, f"no job {job_id!r}")
+    return job
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    progress = dict(job.progress or {})
+    return {
+        "id": str(job.id), "type": job.type, "status": job.status, "attempt": job.attempt,
+        "max_attempts": job.max_attempts, "config": job.config, "request": job.request, "progress": progress,
+        "cancel_requested": job.cancel_requested,
+        "error": {"type": job.error_type, "detail": job.error_detail} if job.error_type else None,
+        "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at), "updated_at": _iso(job.updated_at),
+        "links": {name: url_for(f"jobs.{name}", job_id=str(job.id)) for name in ("get", "events", "cancel")},
+    }
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _accepted(job: Job):
+    job_id, job_type = str(job.id), job.type
+    body = job_json(job)
+    db().commit()
+    queue().enqueue(job_type, job_id)
+    return body, 202, {"Location": url_for("jobs.get", job_id=job_id)}
+
+
+@bp.post("/train")
+def create_train():
+    tenant_id = _tenant_id()
+    dataset, config = parse_train_request(json_body(request), lambda ref: _dataset(tenant_id, ref) is not None)
+    found = None if dataset.startswith("builtin:") else _dataset(tenant_id, dataset)
+    dataset_id = found.id if found is not None else None
+    job = jobs.create_job(db(), tenant_id, JobType.TRAIN, config.to_dict(), {"dataset": dataset},
+                          dataset_id=dataset_id, max_attempts=_max_attempts())
+    return _accepted(job)
+
+
+def _max_attempts() -> int:
+    return current_app.config["SETTINGS"].max_attempts
+
+
+def _dataset(tenant_id: uuid.UUID, dataset: str) -> Dataset | None:
+    try:
+        dataset_id = uuid.UUID(dataset)
+    except ValueError:
+        return None
+    found = db().get(Dataset, dataset_id)
+    return found if found is not None and found.tenant_id == tenant_id else None
+
+
+@bp.post("/generate")
+def create_generate():
+    body = json_body(request)
+    errors = check_fields(body, GENERATE_JOB_REQUEST)
+    seeds: list[int] = []
+    if "seeds" in body:
+        try:
+            raw = body["seeds"]
+            if not isinstance(raw, (str, list)) or (isinstance(raw, list) and not all(
+                    isinstance(s, int) and not isinstance(s, bool) for s in raw)):
+                raise SampleError("seeds: give a list of integers or a range like 0-63")
+            seeds = parse_seeds(raw)
+        except SampleError as exc:
+            errors.append({"field": "seeds", "message": str(exc).removeprefix("seeds: ")})
+    truncation = body.get("truncation", 1.0)
+    if not isinstance(truncation, (int, float)) or isinstance(truncation, bool) or not 0 < truncation <= 1:
+        errors.append({"field": "truncation", "message": "must be a number in (0, 1]"})
+    nrow = body.get("nrow", 8)
+    if not isinstance(nrow, int) or isinstance(nrow, bool) or not 1 <= nrow <= 64:
+        errors.append({"field": "nrow", "message": "must be an integer from 1 to 64"})
+    parent = None
+    if "generator_job" in body:
+        parent = _parent_job(body["generator_job"], errors)
+    if errors:
+        raise validation_problem(errors)
+    assert parent is not None
+    request_doc = {"generator_job": str(parent.id), "seeds": seeds, "truncation": float(truncation), "nrow": nrow}
+    job = jobs.create_job(db(), parent.tenant_id, JobType.GENERATE, parent.config, request_doc,
+                          parent_job_id=parent.id, max_attempts=_max_attempts())
+    return _accepted(job)
+
+
+def _parent_job(value: Any, errors: list[dict[str, str]]) -> Job | None:
+    try:
+        parent = jobs.get_job(db(), _tenant_id(), uuid.UUID(str(value)))
+    except ValueError:
+        parent = None
+    if parent is None or parent.type != JobType.TRAIN:
+        errors.append({"field": "generator_job", "message": f"no training job {value!r}"})
+        return None
+    if parent.status != JobStatus.SUCCEEDED:
+        errors.append({"field": "generator_job", "message": f"training job is {parent.status}, not succeeded"})
+        return None
+    return parent
+
+
+@bp.get("/<job_id>")
+def get(job_id: str):
+    return job_json(_job_or_404(job_id))
+
+
+@bp.get("")
+def list_():
+    status, job_type = request.args.get("status"), request.args.get("type")
+    errors = []
+    if status is not None and status not in {s.value for s in JobStatus}:
+        errors.append({"field": "status", "message": f"one of {', '.join(s.value for s in JobStatus)}"})
+    if job_type is not None and job_type not in {t.value for t in JobType}:
+        errors.append({"field": "type", "message": f"one of {', '.join(t.value for t in JobType)}"})
+    limit_raw = request.args.get("limit", "50")
+    limit = int(limit_raw) if limit_raw.isdigit() else 0
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        errors.append({"field": "limit", "message": f"an integer from 1 to {MAX_LIST_LIMIT}"})
+    if errors:
+        raise validation_problem(errors)
+    try:
+        found, cursor = jobs.list_jobs(db(), _tenant_id(), status=status, type=job_type, limit=limit,
+                                       cursor=request.args.get("cursor"))
+    except jobs.BadCursor:
+        raise validation_problem([{"field": "cursor", "message": "not a cursor this API returned"}]) from None
+    return {"jobs": [job_json(job) for job in found], "next_cursor": cursor}
+
+
+@bp.post("/<job_id>/cancel")
+def cancel(job_id: str):
+    job = _job_or_404(job_id)
+    try:
+        job = jobs.request_cancel(db(), job.id)
+    except jobs.IllegalTransition:
+        raise Problem(409, f"job {job_id} is already {job.status}", slug="illegal-transition",
+                      title="Illegal state transition") from None
+    body = job_json(job)
+    db().commit()
+    return body, 202
+
+
+@bp.get("/<job_id>/events")
+def events(job_id: str):
+    job = _job_or_404(job_id)
+    return {"events": [{"at": _iso(e.at), "kind": e.kind, "attempt": e.attempt, "detail": e.detail}
+                       for e in jobs.list_events(db(), job.id)]}
