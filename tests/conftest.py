@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 # Real PostgreSQL / SQLite databases migrated by the repository's Alembic revisions, for every test tree.
-pytest_plugins = ["tests.db_fixtures"]
+pytest_plugins = ["tests.db_fixtures", "tests.s3_fixtures"]
 
 # DCGAN_TEST_DEVICE=cuda runs the core suite on a GPU (bench/gpu_check.sh does); CPU otherwise.
 TEST_DEVICE = os.environ.get("DCGAN_TEST_DEVICE", "cpu")

@@ -8,6 +8,7 @@ from flask import Flask
 
 from core.settings import Settings
 
+from .artifacts import bp as artifacts_bp
 from .health import bp as health_bp
 from .jobs import bp as jobs_bp
 from .platform import attach, readiness_checks
@@ -25,4 +26,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["READINESS_CHECKS"] = readiness_checks(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(jobs_bp)
+    app.register_blueprint(artifacts_bp)
     return app

@@ -108,6 +108,7 @@ def parse_train_request(body: dict[str, Any],
 def openapi_document() -> dict[str, Any]:
     problem = {"description": "an RFC 9457 problem", "content": {"application/problem+json": {
         "schema": {"$ref": "#/components/schemas/Problem"}}}}
+    binary = {"description": "the file", "content": {"application/octet-stream": {}}}
     job = {"description": "the job", "content": {"application/json": {"schema": {"type": "object"}}}}
     return {
         "openapi": "3.1.0",
@@ -142,6 +143,22 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [_job_id()], "responses": {"202": job, "404": problem, "409": problem}}},
             "/v1/jobs/{job_id}/events": {"get": {"summary": "the job's timeline", "parameters": [_job_id()],
                                                  "responses": {"200": {"description": "events"}, "404": problem}}},
+            "/v1/jobs/{job_id}/artifacts": {"get": {
+                "summary": "name, size, sha256, content type, step and download URL of each artifact",
+                "parameters": [_job_id()], "responses": {"200": {"description": "artifacts"}, "404": problem}}},
+            "/v1/jobs/{job_id}/artifacts/{artifact_id}": {"get": {
+                "summary": "download one artifact (302 to a presigned URL on S3)",
+                "parameters": [_job_id(), {"name": "artifact_id", "in": "path", "required": True,
+                                           "schema": {"type": "string", "format": "uuid"}}],
+                "responses": {"200": binary, "302": {"description": "presigned URL"}, "404": problem}}},
+            "/v1/jobs/{job_id}/grid": {"get": {
+                "summary": "the latest sample grid (the final one once finished); ?step= for an earlier one",
+                "parameters": [_job_id(), {"name": "step", "in": "query", "schema": {"type": "integer"}}],
+                "responses": {"200": binary, "302": {"description": "presigned URL"}, "404": problem,
+                              "422": problem}}},
+            "/v1/jobs/{job_id}/generator": {"get": {
+                "summary": "the exported generator.safetensors", "parameters": [_job_id()],
+                "responses": {"200": binary, "302": {"description": "presigned URL"}, "404": problem}}},
         },
         "components": {"schemas": {
             "TrainConfig": train_config_schema(),

@@ -28,27 +28,6 @@ PART = 5 * MiB
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint():
-    """An S3 server on a free local port, with dummy credentials in the environment while it runs."""
-    from moto.server import ThreadedMotoServer
-
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            env.delenv(name, raising=False)
-        # Keep a developer's ~/.aws out of the test.
-        env.setenv("AWS_CONFIG_FILE", os.devnull)
-        env.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def s3_client(s3_endpoint):
     """One client, built by S3Store itself, shared by the tests: building one takes ~0.4 s of CPU."""
     return S3Store("unused", endpoint_url=s3_endpoint)._client

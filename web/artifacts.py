@@ -1,0 +1,94 @@
+"""Downloads by job id: the artifact list, the latest (or a given step's) grid, the exported generator.
+
+Only artifacts the job's row records are served (an object in storage that no attempt recorded does not
+exist to users). Bytes stream from a LocalStore; with S3 the answer is a 302 to a short-lived presigned URL,
+so large files never pass through the API process.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import Blueprint, Response, redirect, request, stream_with_context, url_for
+from sqlalchemy import select
+
+from core.db import Artifact
+from core.storage import ObjectNotFound, generator_key, grid_key, sample_key
+
+from . import jobs as job_routes
+from .platform import db, store
+from .problems import Problem, validation_problem
+
+bp = Blueprint("artifacts", __name__, url_prefix="/v1/jobs")
+PRESIGNED_SECONDS = 300
+CHUNK = 1024 * 1024
+
+
+@bp.get("/<job_id>/artifacts")
+def list_(job_id: str):
+    job = job_routes._job_or_404(job_id)
+    rows = db().scalars(select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.key))
+    return {"artifacts": [{
+        "id": str(a.id), "name": a.name, "size": a.size, "sha256": a.sha256, "content_type": a.content_type,
+        "step": a.step, "download_url": url_for("artifacts.download", job_id=job_id, artifact_id=str(a.id)),
+    } for a in rows]}
+
+
+@bp.get("/<job_id>/artifacts/<artifact_id>")
+def download(job_id: str, artifact_id: str):
+    job = job_routes._job_or_404(job_id)
+    try:
+        artifact = db().get(Artifact, uuid.UUID(artifact_id))
+    except ValueError:
+        artifact = None
+    if artifact is None or artifact.job_id != job.id:
+        raise Problem(404, f"job {job_id} has no artifact {artifact_id!r}")
+    return _send(artifact)
+
+
+@bp.get("/<job_id>/grid")
+def grid(job_id: str):
+    job = job_routes._job_or_404(job_id)
+    step = request.args.get("step")
+    if step is None:
+        key = grid_key(job.id)
+    elif step.isdigit() and int(step) < 10_000_000:
+        key = sample_key(job.id, int(step))
+    else:
+        raise validation_problem([{"field": "step", "message": "a step number"}])
+    return _send(_recorded(job.id, key, f"job {job_id} has no grid" + (f" at step {step}" if step else " yet")))
+
+
+@bp.get("/<job_id>/generator")
+def generator(job_id: str):
+    job = job_routes._job_or_404(job_id)
+    return _send(_recorded(job.id, generator_key(job.id), f"job {job_id} has no exported generator yet"))
+
+
+def _recorded(job_id: uuid.UUID, key: str, missing: str) -> Artifact:
+    artifact = db().scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.key == key))
+    if artifact is None:
+        raise Problem(404, missing)
+    return artifact
+
+
+def _send(artifact: Artifact):
+    url = store().presigned_url(artifact.key, PRESIGNED_SECONDS)
+    if url is not None:
+        return redirect(url, code=302)
+    try:
+        stream = store().open(artifact.key)
+    except ObjectNotFound:
+        raise Problem(404, f"artifact {artifact.name} is recorded but missing from storage") from None
+
+    def chunks():
+        with stream:
+            while block := stream.read(CHUNK):
+                yield block
+
+    response = Response(stream_with_context(chunks()), mimetype=artifact.content_type)
+    response.headers["Content-Length"] = str(artifact.size)
+    response.headers["ETag"] = f'"{artifact.sha256}"'
+    filename = artifact.key.rsplit("/", 1)[-1]
+    response.headers["Content-Disposition"] = f'inline; filename="{filename}"'
+    return response
