@@ -1,4 +1,4 @@
-"""`dcgan`: the project's one command line (train, sample, eval; server commands join it later).
+"""`dcgan`: the project's one command line: train, sample, eval, and the server commands (core/server_cli.py).
 
 This is an entry point, so it is the place that reads the environment (`DCGAN_CACHE_DIR`,
 `DCGAN_THREADS`) and turns every expected failure into one line on stderr and exit status 2.
@@ -61,11 +61,19 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num", type=int, default=2000, help="generated samples (seeds 0..num-1)")
     evaluate.add_argument("--feature-net", default="auto", help="auto, inception, digits or fashion-mnist")
     evaluate.add_argument("--device", default="cpu")
+
+    from .server_cli import add_commands
+
+    add_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from . import server_cli
+
+    if args.command in server_cli.COMMANDS:
+        return server_cli.run(args)
     threads = os.environ.get(THREADS_ENV)
     import torch  # after argument parsing so --help stays instant
 

@@ -1,0 +1,60 @@
+"""docker-compose.yml cannot run here (no Docker engine); this keeps it honest against the code instead."""
+
+import re
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+
+from core.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_services_and_health_checks():
+    services = _compose()["services"]
+    assert {"postgres", "redis", "minio", "minio-bucket", "api", "worker-gpu", "worker-cpu"} <= set(services)
+    for name in ("postgres", "redis", "minio", "api"):
+        assert "healthcheck" in services[name], name
+    assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
+    gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["capabilities"] == ["gpu"] and gpu["driver"] == "nvidia"
+    assert "dcgan db upgrade" in " ".join(services["api"]["command"])
+
+
+def test_platform_variables_are_the_ones_settings_reads():
+    services = _compose()["services"]
+    env = services["api"]["environment"]
+    settings = Settings.from_env(env)  # the compose values parse
+    assert settings.database_url.startswith("postgresql+psycopg://") and settings.redis_url.startswith("redis://")
+    source = (ROOT / "core" / "settings.py").read_text()
+    read = set(re.findall(r'env\.get\("([A-Z0-9_]+)"', source)) | set(re.findall(r'_int\(env, "([A-Z0-9_]+)"', source))
+    for name in ("DATABASE_URL", "REDIS_URL", "STORAGE_URL", "S3_ENDPOINT_URL"):
+        assert name in read and name in env, name
+    for worker in ("worker-gpu", "worker-cpu"):
+        assert {k: v for k, v in services[worker]["environment"].items() if k in env} == env
+
+
+def test_services_agree_with_each_other():
+    services = _compose()["services"]
+    env = services["api"]["environment"]
+    postgres = services["postgres"]["environment"]
+    db = urlparse(env["DATABASE_URL"])
+    assert (db.username, db.password, db.path.lstrip("/"), db.hostname) == (
+        postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"], postgres["POSTGRES_DB"], "postgres")
+    minio = services["minio"]["environment"]
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (minio["MINIO_ROOT_USER"],
+                                                                        minio["MINIO_ROOT_PASSWORD"])
+    bucket = urlparse(env["STORAGE_URL"]).netloc
+    assert f"local/{bucket}" in " ".join(services["minio-bucket"]["command"])
+    assert urlparse(env["S3_ENDPOINT_URL"]).hostname == "minio" and urlparse(env["REDIS_URL"]).hostname == "redis"
+
+
+def test_image_ships_what_the_commands_need():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for path in ("core", "web", "worker", "migrations", "alembic.ini"):
+        assert f"COPY {path}" in dockerfile or path in dockerfile, path
