@@ -1,0 +1,171 @@
+"""Real parts for the worker tests: a migrated PostgreSQL database, a Redis database of its own, an S3
+server (moto, over HTTP) and a `celery worker` subprocess wired to all three.
+
+The worker runs as it does in production, `celery -A worker.celery_app worker`, reading its settings
+from the environment; the tests talk to it only through the broker, the database and the bucket. Its log
+is attached to the report of any test that fails.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from alembic import command
+
+from core.db import ensure_default_tenant, make_engine, make_session_factory
+from core.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# A Redis database of the tests' own, flushed at the start, so a developer's queues are left alone.
+REDIS_URL = os.environ.get("DCGAN_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+BUCKET = "dcgan-test"
+WORKER_START_SECONDS = 90
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def database_url(create_postgres_database, make_alembic_config):
+    """A fresh PostgreSQL database (tests/db_fixtures.py) at `alembic upgrade head`."""
+    url = create_postgres_database()
+    command.upgrade(make_alembic_config(url), "head")
+    return url
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    import redis
+
+    parsed = urlparse(REDIS_URL)
+    if not _reachable(parsed.hostname or "127.0.0.1", parsed.port or 6379):
+        pytest.skip(f"Redis is unreachable at {REDIS_URL}")
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def s3_bucket(s3_endpoint) -> str:
+    """The test bucket on the shared moto server (tests/s3_fixtures.py)."""
+    from core.storage import S3Store
+
+    S3Store("unused", endpoint_url=s3_endpoint)._client.create_bucket(Bucket=BUCKET)
+    return BUCKET
+
+
+def _aws_env() -> dict[str, str]:
+    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+
+
+@pytest.fixture(scope="module")
+def settings(database_url, redis_url, s3_endpoint, s3_bucket, tmp_path_factory) -> Settings:
+    """What the worker reads from its environment, as a Settings object for the test's side."""
+    return Settings(data_dir=tmp_path_factory.mktemp("worker-data"), database_url=database_url,
+                    redis_url=redis_url, storage_url=f"s3://{s3_bucket}/artifacts",
+                    s3_endpoint_url=s3_endpoint).with_defaults()
+
+
+@pytest.fixture(scope="module")
+def session_factory(settings):
+    engine = make_engine(settings.database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def tenant_id(session_factory) -> uuid.UUID:
+    with session_factory() as session:
+        tenant = ensure_default_tenant(session)
+        session.commit()
+        return tenant.id
+
+
+@pytest.fixture(scope="module")
+def store(settings):
+    from core.storage import open_store
+
+    return open_store(settings)
+
+
+@pytest.fixture(scope="module")
+def celery_client(settings):
+    """A Celery app built like the worker's, used only to send messages."""
+    with pytest.MonkeyPatch.context() as env:
+        # Importing the entry point builds its own app from the environment, which needs a broker.
+        env.setenv("REDIS_URL", settings.redis_url)
+        from worker.celery_app import make_celery
+
+    app = make_celery(settings)
+    yield app
+    app.close()
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if self.process.poll() is not None:
+                raise AssertionError(f"the worker exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in the worker log after {timeout} s")
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def worker(settings, tmp_path_factory):
+    """`celery -A worker.celery_app worker` on both queues, one job at a time, started once per module."""
+    log_path = tmp_path_factory.mktemp("worker-log") / "worker.log"
+    env = {**os.environ, **_aws_env(),
+           "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+           "STORAGE_URL": settings.storage_url, "S3_ENDPOINT_URL": settings.s3_endpoint_url,
+           "DCGAN_DATA_DIR": str(settings.data_dir), "DCGAN_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command_line = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "train,generate",
+                    "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO", "-n", f"test-{uuid.uuid4().hex[:8]}@%h",
+                    "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command_line, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    handle = WorkerProcess(process, log_path)
+    try:
+        handle.wait_for_log(" ready.", WORKER_START_SECONDS)
+        yield handle
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    worker_process = getattr(item, "funcargs", {}).get("worker")
+    if report.failed and isinstance(worker_process, WorkerProcess):
+        report.sections.append(("celery worker log", worker_process.log()[-20000:]))

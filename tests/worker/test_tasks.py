@@ -1,0 +1,265 @@
+"""The Celery tasks end to end: messages through Redis to a real worker process, state in PostgreSQL,
+artifacts in S3 (moto over HTTP). Training is tiny (32x32, z_dim 8, 8 channels) to fit 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from PIL import Image
+from sqlalchemy import update
+
+from core import jobs
+from core.db import Job
+from core.settings import Settings, SettingsError
+from core.storage import checkpoint_key, generator_key, grid_key
+
+FINISH_TIMEOUT = 120
+TINY = dict(img_size=32, img_channels=1, z_dim=8, g_channels=8, d_channels=8, batch_size=16, num_samples=16)
+
+
+def create(session_factory, tenant_id, type: str, config: dict, request: dict, **kwargs) -> uuid.UUID:
+    with session_factory() as session:
+        job = jobs.create_job(session, tenant_id, type, config, request, **kwargs)
+        session.commit()
+        return job.id
+
+
+def send(celery_client, job_id: uuid.UUID, task: str = "dcgan.train", queue: str = "train") -> None:
+    celery_client.send_task(task, args=[str(job_id)], queue=queue)
+
+
+def wait_until(session_factory, job_id: uuid.UUID, done, timeout: float = FINISH_TIMEOUT) -> Job:
+    deadline = time.monotonic() + timeout
+    while True:
+        with session_factory() as session:
+            job = session.get(Job, job_id)
+            session.expunge(job)
+        if done(job):
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} still {job.status} after {timeout} s"
+        time.sleep(0.2)
+
+
+def wait_finished(session_factory, job_id: uuid.UUID) -> Job:
+    return wait_until(session_factory, job_id, lambda job: job.finished_at is not None)
+
+
+def artifacts_and_events(session_factory, job_id: uuid.UUID):
+    with session_factory() as session:
+        artifacts = {a.name: (a.key, a.size, a.sha256, a.step) for a in jobs.list_artifacts(session, job_id)}
+        events = [(e.kind, e.attempt) for e in jobs.list_events(session, job_id)]
+    return artifacts, events
+
+
+@pytest.fixture(scope="module")
+def trained_job(worker, celery_client, session_factory, tenant_id) -> uuid.UUID:
+    """A finished tiny train job. Its message is sent twice, as a broker redelivery would."""
+    config = dict(TINY, steps=20, sample_every=5, checkpoint_every=10)
+    job_id = create(session_factory, tenant_id, "train", config, {"dataset": "builtin:digits"})
+    send(celery_client, job_id)
+    send(celery_client, job_id)
+    wait_finished(session_factory, job_id)
+    worker.wait_for_log(f"job {job_id}: not claimable", timeout=30)
+    return job_id
+
+
+def test_train_job_succeeds_with_its_artifacts_stored_and_recorded(worker, trained_job, session_factory, store):
+    job = wait_finished(session_factory, trained_job)
+    assert (job.status, job.error_type, job.error_detail) == ("succeeded", None, None)
+    assert (job.progress["step"], job.progress["total_steps"]) == (20, 20)
+    assert job.checkpoint_key == checkpoint_key(trained_job, 20) and job.checkpoint_step == 20
+
+    artifacts, _ = artifacts_and_events(session_factory, trained_job)
+    assert set(artifacts) == {"grid.png", "generator.safetensors",
+                              "checkpoints/step-0000010.pt", "checkpoints/step-0000020.pt",
+                              "samples/step-0000005.png", "samples/step-0000010.png",
+                              "samples/step-0000015.png", "samples/step-0000020.png"}
+    assert artifacts["generator.safetensors"][0] == generator_key(trained_job)
+    for key, size, sha256, _step in artifacts.values():
+        data = store.get_bytes(key)
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (size, sha256), key
+    # The final grid is the last sample: 16 fixed-noise images, 8 to a row, 2 pixels of padding.
+    assert store.get_bytes(grid_key(trained_job)) == store.get_bytes(artifacts["samples/step-0000020.png"][0])
+    assert Image.open(io.BytesIO(store.get_bytes(grid_key(trained_job)))).size == (2 + 8 * 34, 2 + 2 * 34)
+
+
+def test_second_delivery_of_a_job_does_nothing(worker, trained_job, session_factory):
+    job = wait_finished(session_factory, trained_job)
+    _, events = artifacts_and_events(session_factory, trained_job)
+    assert job.attempt == 1
+    assert events == [("queued", 0), ("claimed", 1), ("succeeded", 1)]
+
+
+def test_generate_jobs_with_the_same_seeds_give_byte_identical_grids(worker, trained_job, celery_client,
+                                                                    session_factory, tenant_id, store):
+    request = {"generator_job": str(trained_job), "seeds": "0-5", "truncation": 0.8, "nrow": 3}
+    ids = [create(session_factory, tenant_id, "generate", {}, request, parent_job_id=trained_job)
+           for _ in range(2)]
+    for job_id in ids:
+        send(celery_client, job_id, "dcgan.generate", "generate")
+    grids = []
+    for job_id in ids:
+        job = wait_finished(session_factory, job_id)
+        assert (job.status, job.error_type) == ("succeeded", None), job.error_detail
+        artifacts, _ = artifacts_and_events(session_factory, job_id)
+        key, size, sha256, _ = artifacts["grid.png"]
+        grids.append(store.get_bytes(key))
+        assert (len(grids[-1]), hashlib.sha256(grids[-1]).hexdigest()) == (size, sha256)
+    assert grids[0] == grids[1]
+    assert Image.open(io.BytesIO(grids[0])).size == (2 + 3 * 34, 2 + 2 * 34)  # 6 seeds, 3 to a row
+
+
+def test_generate_with_bad_seeds_fails_naming_them(worker, trained_job, celery_client, session_factory, tenant_id):
+    request = {"generator_job": str(trained_job), "seeds": "9-3"}
+    job_id = create(session_factory, tenant_id, "generate", {}, request, parent_job_id=trained_job)
+    send(celery_client, job_id, "dcgan.generate", "generate")
+    job = wait_finished(session_factory, job_id)
+    assert (job.status, job.error_type) == ("failed", "sample_error")
+    assert "9-3" in job.error_detail
+
+
+def test_invalid_config_on_the_row_fails_the_job_with_a_config_error(worker, celery_client, session_factory,
+                                                                    tenant_id, store):
+    job_id = create(session_factory, tenant_id, "train", dict(TINY, steps=5), {"dataset": "builtin:digits"})
+    with session_factory() as session:  # as if the row had been written around the API's validation
+        session.execute(update(Job).where(Job.id == job_id).values(config=dict(TINY, steps=5, img_size=48)))
+        session.commit()
+    send(celery_client, job_id)
+    job = wait_finished(session_factory, job_id)
+    assert (job.status, job.error_type) == ("failed", "config_error")
+    assert "img_size" in job.error_detail
+    assert store.list(f"jobs/{job_id}/") == []
+
+
+def test_unknown_dataset_fails_with_a_data_error(worker, celery_client, session_factory, tenant_id):
+    job_id = create(session_factory, tenant_id, "train", dict(TINY, steps=5), {"dataset": str(uuid.uuid4())})
+    send(celery_client, job_id)
+    job = wait_finished(session_factory, job_id)
+    assert (job.status, job.error_type) == ("failed", "data_error")
+    assert "no images" in job.error_detail
+
+
+def test_cancelling_a_running_job_stops_it_and_keeps_its_last_checkpoint(worker, celery_client, session_factory,
+                                                                         tenant_id, store):
+    config = dict(TINY, steps=400, sample_every=0, checkpoint_every=0)
+    job_id = create(session_factory, tenant_id, "train", config, {"dataset": "builtin:fake"})
+    send(celery_client, job_id)
+    wait_until(session_factory, job_id, lambda job: job.progress.get("step", 0) > 0 or job.finished_at)
+    with session_factory() as session:
+        jobs.request_cancel(session, job_id)
+        session.commit()
+    job = wait_finished(session_factory, job_id)
+    assert (job.status, job.error_type) == ("cancelled", None)
+    assert 0 < job.checkpoint_step < 400
+    assert job.checkpoint_key == checkpoint_key(job_id, job.checkpoint_step)
+    artifacts, events = artifacts_and_events(session_factory, job_id)
+    key, size, sha256, step = artifacts[f"checkpoints/step-{job.checkpoint_step:07d}.pt"]
+    data = store.get_bytes(key)
+    assert (len(data), hashlib.sha256(data).hexdigest(), step) == (size, sha256, job.checkpoint_step)
+    assert [kind for kind, _ in events] == ["queued", "claimed", "cancel_requested", "cancelled"]
+
+
+def assert_same_generator(store, job_a: uuid.UUID, job_b: uuid.UUID) -> None:
+    """Same weights and metadata. Not the same bytes: safetensors writes metadata keys in hash order."""
+    import torch
+    from safetensors.torch import load
+
+    files = [store.get_bytes(generator_key(job_id)) for job_id in (job_a, job_b)]
+    headers = [json.loads(data[8:8 + struct.unpack("<Q", data[:8])[0]])["__metadata__"] for data in files]
+    assert headers[0] == headers[1]
+    weights = [load(data) for data in files]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def crashed_attempt(session_factory, job_id: uuid.UUID, checkpoint: str, step: int) -> None:
+    """Leave the job as a worker that died on attempt 1 after writing `checkpoint` would have."""
+    with session_factory() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(
+            status="running", attempt=1, worker="dead:1", checkpoint_key=checkpoint, checkpoint_step=step,
+            lease_expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+        session.commit()
+
+
+def test_redelivered_job_resumes_from_its_checkpoint_to_the_same_generator(worker, trained_job, celery_client,
+                                                                           session_factory, tenant_id, store):
+    config = dict(TINY, steps=20, sample_every=5, checkpoint_every=10)
+    job_id = create(session_factory, tenant_id, "train", config, {"dataset": "builtin:digits"})
+    key = checkpoint_key(job_id, 10)
+    store.put_bytes(key, store.get_bytes(checkpoint_key(trained_job, 10)))
+    crashed_attempt(session_factory, job_id, key, 10)
+    send(celery_client, job_id)
+    job = wait_finished(session_factory, job_id)
+    assert (job.status, job.attempt, job.checkpoint_step) == ("succeeded", 2, 20), job.error_detail
+    _, events = artifacts_and_events(session_factory, job_id)
+    assert ("resumed", 2) in events and "notes" not in job.progress
+    # Resume is exact: 10 steps + resume + 10 steps is the uninterrupted 20-step run.
+    assert_same_generator(store, job_id, trained_job)
+
+
+def test_redelivered_job_with_a_corrupt_checkpoint_starts_over_and_says_so(worker, trained_job, celery_client,
+                                                                           session_factory, tenant_id, store):
+    config = dict(TINY, steps=20, sample_every=5, checkpoint_every=10)
+    job_id = create(session_factory, tenant_id, "train", config, {"dataset": "builtin:digits"})
+    key = checkpoint_key(job_id, 10)
+    store.put_bytes(key, b"not a checkpoint")
+    crashed_attempt(session_factory, job_id, key, 10)
+    send(celery_client, job_id)
+    job = wait_finished(session_factory, job_id)
+    assert (job.status, job.attempt, job.checkpoint_step) == ("succeeded", 2, 20), job.error_detail
+    assert any("could not resume" in note for note in job.progress["notes"])
+    # Started from step 0 with the same seed: the same generator as the uninterrupted run.
+    assert_same_generator(store, job_id, trained_job)
+
+
+def test_an_attempt_fenced_out_mid_run_stops_without_writing_again(worker, celery_client, session_factory,
+                                                                  tenant_id, store):
+    config = dict(TINY, steps=400, sample_every=0, checkpoint_every=0)
+    job_id = create(session_factory, tenant_id, "train", config, {"dataset": "builtin:fake"})
+    send(celery_client, job_id)
+    wait_until(session_factory, job_id, lambda job: job.progress.get("step", 0) > 0 or job.finished_at)
+    with session_factory() as session:  # another worker took the job over after a lease expiry
+        session.execute(update(Job).where(Job.id == job_id).values(attempt=2, worker="successor:1"))
+        session.commit()
+    worker.wait_for_log(f"job {job_id}: stopped", timeout=30)
+    with session_factory() as session:
+        job = session.get(Job, job_id)
+        artifacts = jobs.list_artifacts(session, job_id)
+        assert (job.status, job.attempt, job.worker, job.finished_at) == ("running", 2, "successor:1", None)
+        assert job.checkpoint_key is None and artifacts == []
+    assert store.list(f"jobs/{job_id}/") == []  # nothing uploaded over what the successor writes
+
+
+def test_a_bug_is_recorded_as_internal_error_and_raised(worker, celery_client, session_factory, tenant_id):
+    job_id = create(session_factory, tenant_id, "train", dict(TINY, steps=5), {"dataset": "builtin:digits"})
+    send(celery_client, job_id, "dcgan.generate", "generate")  # a train job sent to the wrong task
+    job = wait_finished(session_factory, job_id)
+    assert (job.status, job.error_type) == ("failed", "internal_error")
+    assert "sent to the generate task" in job.error_detail
+    worker.wait_for_log("ValueError: job", timeout=10)  # Celery logged the traceback: it was re-raised
+
+
+def test_celery_app_is_json_only_acks_late_and_routes_by_task_name(celery_client, settings):
+    conf = celery_client.conf
+    assert (conf.task_serializer, conf.result_serializer, list(conf.accept_content)) == ("json", "json", ["json"])
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.task_ignore_result
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.broker_transport_options["visibility_timeout"] > settings.max_job_seconds
+    router = celery_client.amqp.router
+    assert router.route({}, "dcgan.train")["queue"].name == "train"
+    assert router.route({}, "dcgan.generate")["queue"].name == "generate"
+
+
+def test_celery_app_without_a_broker_url_says_which_variable_is_missing(celery_client):
+    from worker.celery_app import make_celery
+
+    with pytest.raises(SettingsError, match="REDIS_URL"):
+        make_celery(Settings().with_defaults())

@@ -1,0 +1,70 @@
+"""The Celery entry point: `celery -A worker.celery_app worker -Q train,generate`.
+
+This module is an entry point, so it is the one place on the worker side that reads the environment
+(`Settings.from_env()`, `DCGAN_THREADS`). `make_celery(settings)` builds an app from a settings object
+for anything that already has one (tests, the CLI); the tasks find that object again as
+`app.conf.dcgan_settings`.
+
+The database row is the truth about a job, so Celery keeps no results. Messages are acknowledged after
+the task returns (`task_acks_late`) and a message whose worker died is redelivered; the job's lease and
+fencing token (core.jobs) make a second delivery harmless. The broker's visibility timeout is longer
+than the longest allowed job, or Redis would hand a running job's message to a second worker.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from kombu import Queue
+
+from core.settings import Settings, SettingsError
+
+TRAIN_TASK = "dcgan.train"
+GENERATE_TASK = "dcgan.generate"
+TRAIN_QUEUE = "train"
+GENERATE_QUEUE = "generate"
+
+
+def make_celery(settings: Settings, threads: int | None = None) -> Celery:
+    """A Celery app on `settings.redis_url` that runs worker.tasks; `threads` caps torch's CPU threads."""
+    if not settings.redis_url:
+        raise SettingsError("REDIS_URL: not set; the worker needs a Redis broker "
+                            "(`dcgan up` starts one and sets it)")
+    app = Celery("dcgan", broker=settings.redis_url, include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        # Ack after the task ran, and requeue if the worker process died: a job is never lost, and
+        # claim_job turns the duplicate delivery into a no-op.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One job at a time per process: a prefetched message would wait behind a long training run.
+        worker_prefetch_multiplier=1,
+        task_queues=[Queue(TRAIN_QUEUE), Queue(GENERATE_QUEUE)],
+        task_default_queue=TRAIN_QUEUE,
+        task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE}, GENERATE_TASK: {"queue": GENERATE_QUEUE}},
+        broker_transport_options={"visibility_timeout": settings.max_job_seconds + 3600},
+        broker_connection_retry_on_startup=True,
+        dcgan_settings=settings,
+        dcgan_threads=threads,
+    )
+    return app
+
+
+def _threads_from_env() -> int | None:
+    raw = os.environ.get("DCGAN_THREADS", "")
+    if not raw:
+        return None
+    try:
+        threads = int(raw)
+    except ValueError:
+        raise SettingsError(f"DCGAN_THREADS: expected an integer, got {raw!r}") from None
+    if threads <= 0:
+        raise SettingsError(f"DCGAN_THREADS: must be positive, got {threads}")
+    return threads
+
+
+app = make_celery(Settings.from_env(), threads=_threads_from_env())
