@@ -49,10 +49,10 @@ class Settings:
             redis_url=env.get("REDIS_URL", ""),
             storage_url=env.get("STORAGE_URL", ""),
             s3_endpoint_url=env.get("S3_ENDPOINT_URL", ""),
-            max_upload_bytes=_int(env, "DCGAN_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
-            max_job_seconds=_int(env, "DCGAN_MAX_JOB_SECONDS", cls.max_job_seconds),
-            max_attempts=_int(env, "DCGAN_MAX_ATTEMPTS", cls.max_attempts),
-            lease_seconds=_int(env, "DCGAN_LEASE_SECONDS", cls.lease_seconds),
+            max_upload_bytes=env_int(env, "DCGAN_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
+            max_job_seconds=env_int(env, "DCGAN_MAX_JOB_SECONDS", cls.max_job_seconds),
+            max_attempts=env_int(env, "DCGAN_MAX_ATTEMPTS", cls.max_attempts),
+            lease_seconds=env_int(env, "DCGAN_LEASE_SECONDS", cls.lease_seconds),
         )
         return settings.with_defaults()
 
@@ -68,7 +68,8 @@ class Settings:
         return replace(self, database_url=database_url, storage_url=storage_url)
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    """A positive integer variable, or default when unset; anything else is a SettingsError naming it."""
     raw = env.get(name)
     if raw in (None, ""):
         return default

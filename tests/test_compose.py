@@ -32,7 +32,8 @@ def test_platform_variables_are_the_ones_settings_reads():
     settings = Settings.from_env(env)  # the compose values parse
     assert settings.database_url.startswith("postgresql+psycopg://") and settings.redis_url.startswith("redis://")
     source = (ROOT / "core" / "settings.py").read_text()
-    read = set(re.findall(r'env\.get\("([A-Z0-9_]+)"', source)) | set(re.findall(r'_int\(env, "([A-Z0-9_]+)"', source))
+    read = set(re.findall(r'env\.get\("([A-Z0-9_]+)"', source))
+    read |= set(re.findall(r'env_int\(env, "([A-Z0-9_]+)"', source))
     for name in ("DATABASE_URL", "REDIS_URL", "STORAGE_URL", "S3_ENDPOINT_URL"):
         assert name in read and name in env, name
     for worker in ("worker-gpu", "worker-cpu"):

@@ -18,7 +18,7 @@ import os
 from celery import Celery
 from kombu import Queue
 
-from core.settings import Settings, SettingsError
+from core.settings import Settings, SettingsError, env_int
 
 TRAIN_TASK = "dcgan.train"
 GENERATE_TASK = "dcgan.generate"
@@ -55,16 +55,7 @@ def make_celery(settings: Settings, threads: int | None = None) -> Celery:
 
 
 def _threads_from_env() -> int | None:
-    raw = os.environ.get("DCGAN_THREADS", "")
-    if not raw:
-        return None
-    try:
-        threads = int(raw)
-    except ValueError:
-        raise SettingsError(f"DCGAN_THREADS: expected an integer, got {raw!r}") from None
-    if threads <= 0:
-        raise SettingsError(f"DCGAN_THREADS: must be positive, got {threads}")
-    return threads
+    return env_int(os.environ, "DCGAN_THREADS", 0) or None
 
 
 app = make_celery(Settings.from_env(), threads=_threads_from_env())
