@@ -15,12 +15,9 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Until the platform server lands (`dcgan up`), `make run` trains a small DCGAN on the bundled digits and
-# samples a seeded grid from it: the whole engine, end to end, in a few minutes on a laptop CPU.
+# The embedded platform: SQLite, a bundled Redis, local artifacts, one worker and the API on :8000.
 run: $(STAMP)
-	$(VENV)/bin/dcgan train --dataset digits --img-size 32 --steps 300 --out runs/demo --set sample_every=50
-	$(VENV)/bin/dcgan sample --generator runs/demo/generator.safetensors --seeds 0-63 --grid runs/demo/seeds-0-63.png
-	@echo "Trained runs/demo. Grid: runs/demo/seeds-0-63.png. Next: see README.md (dcgan train --help)."
+	$(VENV)/bin/dcgan up --port 8000 --data-dir var
 
 test: $(STAMP)
 	@scripts/ensure_services.sh
