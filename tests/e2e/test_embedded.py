@@ -1,0 +1,148 @@
+"""The embedded platform end to end, as a user runs it: `dcgan up` in a subprocess (SQLite, its bundled
+Redis, LocalStore, a real worker process, the API under waitress), driven over HTTP only."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Api:
+    def __init__(self, base: str):
+        self.base = base
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict, bytes]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"} if data else {})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), error.read()
+
+    def json(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        status, _, raw = self.request(method, path, body)
+        return status, json.loads(raw)
+
+    def wait(self, job_id: str, until: set[str], seconds: float = 240) -> dict:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            _, job = self.json("GET", f"/v1/jobs/{job_id}")
+            if job["status"] in until:
+                return job
+            time.sleep(0.5)
+        raise AssertionError(f"job {job_id} still {job['status']} after {seconds} s")
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("platform")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "STORAGE_URL")}
+    env.update(DCGAN_THREADS="1", PYTHONUNBUFFERED="1")
+    log = open(data_dir / "up.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "core.cli", "up", "--port", str(port), "--data-dir",
+                                str(data_dir)], cwd=Path(__file__).resolve().parents[2], env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
+    api = Api(f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if api.request("GET", "/readyz")[0] == 200:
+                break
+        except OSError:
+            pass
+        assert process.poll() is None, (data_dir / "up.log").read_text()
+        time.sleep(0.5)
+    else:
+        pytest.fail("dcgan up did not become ready:\n" + (data_dir / "up.log").read_text())
+    yield api, data_dir
+    process.send_signal(2)  # Ctrl-C
+    try:
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log.close()
+
+
+def test_train_poll_grid_generate(platform):
+    api, data_dir = platform
+    status, job = api.json("POST", "/v1/jobs/train", {"dataset": "builtin:digits", "config": {
+        "img_size": 32, "img_channels": 1, "z_dim": 16, "g_channels": 16, "d_channels": 16, "batch_size": 32,
+        "steps": 120, "sample_every": 10, "checkpoint_every": 40}})
+    assert status == 202, job
+    steps_seen, grid_while_running = set(), None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        _, current = api.json("GET", f"/v1/jobs/{job['id']}")
+        if current["status"] == "running" and current["progress"].get("step"):
+            steps_seen.add(current["progress"]["step"])
+            if grid_while_running is None:
+                code, headers, body = api.request("GET", f"/v1/jobs/{job['id']}/grid")
+                if code == 200:
+                    grid_while_running = body
+        if current["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.3)
+    assert current["status"] == "succeeded", (current, (data_dir / "worker.log").read_text()[-3000:])
+    assert len(steps_seen) >= 2, f"progress should advance while running, saw {steps_seen}"
+    assert grid_while_running is not None and grid_while_running.startswith(b"\x89PNG")
+    assert current["progress"]["step"] == 120 and current["attempt"] == 1
+
+    code, headers, grid = api.request("GET", f"/v1/jobs/{job['id']}/grid")
+    assert code == 200 and headers["Content-Type"] == "image/png"
+    from PIL import Image
+    import io
+
+    assert Image.open(io.BytesIO(grid)).size == (8 * 34 + 2, 8 * 34 + 2)  # 64 seeds, 32x32, padding 2
+    _, listing = api.json("GET", f"/v1/jobs/{job['id']}/artifacts")
+    names = {a["name"] for a in listing["artifacts"]}
+    assert {"grid.png", "generator.safetensors"} <= names and any("checkpoints/" in n for n in names)
+
+    grids = []
+    for _ in range(2):
+        status, generate = api.json("POST", "/v1/jobs/generate", {"generator_job": job["id"], "seeds": "0-15",
+                                                                  "nrow": 4})
+        assert status == 202, generate
+        assert api.wait(generate["id"], {"succeeded", "failed"})["status"] == "succeeded"
+        grids.append(api.request("GET", f"/v1/jobs/{generate['id']}/grid")[2])
+    assert grids[0] == grids[1] and grids[0].startswith(b"\x89PNG")
+
+
+def test_cancel_a_running_job_keeps_its_last_checkpoint(platform):
+    api, _ = platform
+    _, job = api.json("POST", "/v1/jobs/train", {"dataset": "builtin:digits", "config": {
+        "img_size": 32, "img_channels": 1, "z_dim": 8, "g_channels": 8, "d_channels": 8, "batch_size": 16,
+        "steps": 100000, "checkpoint_every": 20}})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        _, current = api.json("GET", f"/v1/jobs/{job['id']}")
+        if (current["progress"].get("step") or 0) >= 25:
+            break
+        time.sleep(0.3)
+    status, _ = api.json("POST", f"/v1/jobs/{job['id']}/cancel")
+    assert status == 202
+    final = api.wait(job["id"], {"cancelled", "failed", "succeeded"}, seconds=60)
+    assert final["status"] == "cancelled"
+    _, listing = api.json("GET", f"/v1/jobs/{job['id']}/artifacts")
+    assert any(a["name"].startswith("checkpoints/") for a in listing["artifacts"])
+    assert api.json("POST", f"/v1/jobs/{job['id']}/cancel")[0] == 409
