@@ -9,6 +9,7 @@ from flask import Flask
 from core.settings import Settings
 
 from .artifacts import bp as artifacts_bp
+from .datasets import bp as datasets_bp
 from .health import bp as health_bp
 from .jobs import bp as jobs_bp
 from .platform import attach, readiness_checks
@@ -27,4 +28,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health_bp)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(artifacts_bp)
+    app.register_blueprint(datasets_bp)
     return app

@@ -118,6 +118,19 @@ def openapi_document() -> dict[str, Any]:
             "/readyz": {"get": {"summary": "database, broker and storage reachable",
                                 "responses": {"200": {"description": "ready"}, "503": problem}}},
             "/v1/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "ok"}}}},
+            "/v1/datasets": {
+                "post": {"summary": "upload a .zip, .tar or .tar.gz of images (multipart field 'file')",
+                         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                             "type": "object", "required": ["file"], "additionalProperties": False,
+                             "properties": {"file": {"type": "string", "format": "binary"},
+                                            "name": {"type": "string", "maxLength": 200}}}}}},
+                         "responses": {"201": {"description": "the dataset"}, "413": problem, "415": problem,
+                                       "422": problem}},
+                "get": {"summary": "datasets, newest first", "responses": {"200": {"description": "datasets"}}}},
+            "/v1/datasets/{dataset_id}": {"get": {
+                "summary": "one dataset", "responses": {"200": {"description": "the dataset"}, "404": problem},
+                "parameters": [{"name": "dataset_id", "in": "path", "required": True,
+                                "schema": {"type": "string", "format": "uuid"}}]}},
             "/v1/jobs/train": {"post": {
                 "summary": "submit a training job",
                 "requestBody": {"required": True, "content": {"application/json": {
