@@ -118,3 +118,20 @@ def test_encrypted_zip_member_is_refused():
         data[at] |= 0x1
     with pytest.raises(ArchiveError, match="encrypted"):
         read_images(io.BytesIO(bytes(data)), "zip")
+
+
+def test_upload_over_the_limit_is_413_before_reading(engine, tmp_path, redis_client):
+    from core.settings import Settings
+    from tests.web.conftest import TEST_REDIS_URL
+    from web import create_app
+
+    url = engine.url.render_as_string(hide_password=False)
+    app = create_app(Settings(data_dir=tmp_path, database_url=url, redis_url=TEST_REDIS_URL,
+                              max_upload_bytes=10_000).with_defaults())
+    import os
+
+    archive = make_zip({"noise.bin": os.urandom(20_000)})  # incompressible: the body really is > 10 kB
+    assert len(archive) > 10_000
+    response = upload(app.test_client(), archive, "big.zip")
+    assert response.status_code == 413 and response.mimetype == "application/problem+json"
+    app.extensions["dcgan"]["engine"].dispose()
