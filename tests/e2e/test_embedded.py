@@ -84,9 +84,32 @@ def platform(tmp_path_factory):
     log.close()
 
 
+def _upload_zip(api: Api) -> str:
+    """POST /v1/datasets with a zip of 64 digits, as `curl -F file=@digits.zip` would."""
+    import io
+    import zipfile
+
+    import requests
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index, digit in enumerate(load_digits().images[:64]):
+            png = io.BytesIO()
+            Image.fromarray((digit * 255 / 16).astype("uint8"), mode="L").save(png, format="PNG")
+            archive.writestr(f"{index:03d}.png", png.getvalue())
+    response = requests.post(f"{api.base}/v1/datasets", files={"file": ("digits.zip", buffer.getvalue())},
+                             timeout=60)
+    assert response.status_code == 201, response.text
+    assert response.json()["num_images"] == 64
+    return response.json()["id"]
+
+
 def test_train_poll_grid_generate(platform):
     api, data_dir = platform
-    status, job = api.json("POST", "/v1/jobs/train", {"dataset": "builtin:digits", "config": {
+    dataset_id = _upload_zip(api)
+    status, job = api.json("POST", "/v1/jobs/train", {"dataset": dataset_id, "config": {
         "img_size": 32, "img_channels": 1, "z_dim": 16, "g_channels": 16, "d_channels": 16, "batch_size": 32,
         "steps": 120, "sample_every": 10, "checkpoint_every": 40}})
     assert status == 202, job
