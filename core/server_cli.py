@@ -98,7 +98,9 @@ def _up(args: argparse.Namespace) -> int:
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
 
+    # Both, explicitly: a process started in the background by a shell inherits SIGINT as ignored.
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         upgrade_database(settings.database_url)
         if not env.get("REDIS_URL"):

@@ -97,8 +97,8 @@ def parse_train_request(body: dict[str, Any],
         try:
             config = TrainConfig.from_dict(body["config"])
         except ConfigError as exc:
-            errors.append({"field": f"config.{exc.field}" if exc.field != "config" else "config",
-                           "message": exc.message})
+            errors += [{"field": f"config.{e.field}" if e.field != "config" else "config", "message": e.message}
+                       for e in exc.all]
     if errors:
         raise validation_problem(errors)
     assert config is not None and isinstance(dataset, str)

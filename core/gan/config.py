@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from .errors import GanError
 
@@ -26,6 +26,7 @@ class ConfigError(GanError):
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
         self.message = message
+        self.all: list[ConfigError] = [self]  # every problem found with the same config, this one first
 
 
 @dataclass(frozen=True)
@@ -102,54 +103,71 @@ class TrainConfig:
         if not isinstance(data, Mapping):
             raise ConfigError("config", "must be an object of field names to values")
         known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown config key (known keys: {', '.join(sorted(known))})")
-        values = {name: _coerce(name, known[name], value) for name, value in data.items()}
-        config = cls(**values)
-        config.validate()
+        problems = [ConfigError(name, f"unknown config key (known keys: {', '.join(sorted(known))})")
+                    for name in sorted(set(data) - set(known))]
+        values, unusable = {}, []
+        for name, value in data.items():
+            if name in known:
+                try:
+                    values[name] = _coerce(name, known[name], value)
+                except ConfigError as exc:
+                    unusable.append(exc)
+        problems += unusable
+        if not unusable:  # every value has its type: check the ranges too, so all problems come at once
+            config = cls(**values)
+            problems += list(config.problems())
+        if problems:
+            problems[0].all = problems
+            raise problems[0]
         return config
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
     def validate(self) -> None:
+        """Raise the first problem; `.all` on it lists every problem, for an API's field errors."""
+        problems = list(self.problems())
+        if problems:
+            problems[0].all = problems
+            raise problems[0]
+
+    def problems(self) -> Iterator[ConfigError]:
         if self.img_size not in IMG_SIZES:
-            raise ConfigError("img_size", f"must be one of {', '.join(map(str, IMG_SIZES))}, got {self.img_size}")
+            yield ConfigError("img_size", f"must be one of {', '.join(map(str, IMG_SIZES))}, got {self.img_size}")
         if self.img_channels not in (1, 3):
-            raise ConfigError("img_channels", f"must be 1 or 3, got {self.img_channels}")
+            yield ConfigError("img_channels", f"must be 1 or 3, got {self.img_channels}")
         for name, low, high in (("z_dim", 1, 4096), ("g_channels", 1, 1024), ("d_channels", 1, 1024),
                                 ("batch_size", 1, 4096), ("num_samples", 1, 1024)):
-            _check_range(name, getattr(self, name), low, high)
+            yield from _check_range(name, getattr(self, name), low, high)
         if self.steps is None and self.epochs is None:
-            raise ConfigError("steps", "give the total work as steps or epochs")
+            yield ConfigError("steps", "give the total work as steps or epochs")
         if self.steps is not None:
-            _check_range("steps", self.steps, 1, 10_000_000)
+            yield from _check_range("steps", self.steps, 1, 10_000_000)
         if self.epochs is not None:
-            _check_range("epochs", self.epochs, 1, 100_000)
+            yield from _check_range("epochs", self.epochs, 1, 100_000)
         for name in ("sample_every", "checkpoint_every"):
-            _check_range(name, getattr(self, name), 0, 10_000_000)
-        _check_range("seed", self.seed, 0, 2**63 - 1)
+            yield from _check_range(name, getattr(self, name), 0, 10_000_000)
+        yield from _check_range("seed", self.seed, 0, 2**63 - 1)
         if not 0 < self.lr <= 1:
-            raise ConfigError("lr", f"must be in (0, 1], got {self.lr}")
+            yield ConfigError("lr", f"must be in (0, 1], got {self.lr}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(name, f"must be in [0, 1), got {getattr(self, name)}")
+                yield ConfigError(name, f"must be in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.ema < 1:
-            raise ConfigError("ema", f"must be in [0, 1) (0 disables), got {self.ema}")
+            yield ConfigError("ema", f"must be in [0, 1) (0 disables), got {self.ema}")
         if self.loss not in LOSSES:
-            raise ConfigError("loss", f"must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+            yield ConfigError("loss", f"must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.precision not in PRECISIONS:
-            raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            yield ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         bad = [p for p in self.aug_policies if p not in AUGMENTS]
         if bad:
-            raise ConfigError("diffaugment", f"unknown policy {bad[0]!r}; use a comma-separated subset of "
+            yield ConfigError("diffaugment", f"unknown policy {bad[0]!r}; use a comma-separated subset of "
                                              f"{','.join(AUGMENTS)}")
 
 
-def _check_range(name: str, value: int, low: int, high: int) -> None:
+def _check_range(name: str, value: int, low: int, high: int) -> Iterator[ConfigError]:
     if not low <= value <= high:
-        raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+        yield ConfigError(name, f"must be between {low} and {high}, got {value}")
 
 
 _TRUE = {"1", "true", "yes", "on"}

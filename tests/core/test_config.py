@@ -49,3 +49,13 @@ def test_round_trip_through_dict():
     config = TrainConfig.from_dict({"steps": 5, "img_size": 128, "loss": "hinge"})
     assert TrainConfig.from_dict(config.to_dict()) == config
     assert config.num_blocks == 5
+
+
+def test_every_problem_is_reported_together():
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict({"steps": 0, "img_size": 48, "loss": "l2", "colour": 1})
+    assert [e.field for e in info.value.all] == ["colour", "img_size", "steps", "loss"]  # unknown keys first
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict({"steps": "many", "img_size": 48})
+    assert [e.field for e in info.value.all] == ["steps"]  # ranges are checked once every value has its type
+    assert info.value is info.value.all[0]

@@ -38,11 +38,13 @@ def test_malformed_json_is_400(client, raw):
 
 
 def test_every_bad_field_is_named(client):
-    response = client.post("/train", json={"dataset": "builtin:imagenet", "config": {"steps": 5, "img_size": 48},
-                                           "status": "succeeded"})
+    response = client.post("/train", json={"dataset": "builtin:imagenet", "status": "succeeded",
+                                           "config": {"steps": 5, "img_size": 48, "lr": "fast", "stepz": 3}})
     assert response.status_code == 422
     fields = {e["field"]: e["message"] for e in response.json["errors"]}
-    assert set(fields) == {"dataset", "config.img_size", "status"}
+    assert set(fields) == {"dataset", "config.stepz", "config.lr", "status"}  # ranges wait for valid types
+    again = client.post("/train", json={"dataset": "builtin:digits", "config": {"steps": 0, "img_size": 48}})
+    assert {e["field"] for e in again.json["errors"]} == {"config.steps", "config.img_size"}
     assert fields["status"] == "unknown field"  # no mass assignment of read-only fields
 
 
