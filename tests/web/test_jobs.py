@@ -93,3 +93,15 @@ def test_generate_needs_a_succeeded_training_job(api, session_factory, redis_cli
     bad = api.post("/v1/jobs/generate", json={"generator_job": "nope", "seeds": "9-1", "truncation": 2,
                                               "nrow": 0, "extra": 1})
     assert {e["field"] for e in bad.json["errors"]} == {"generator_job", "seeds", "truncation", "nrow", "extra"}
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs/train", "/v1/jobs/generate"])
+def test_json_endpoints_share_the_error_contract(api, path):
+    cases = [(api.post(path, data="{", content_type="application/json"), 400),
+             (api.post(path, data="a=b", content_type="application/x-www-form-urlencoded"), 415),
+             (api.post(path, json={"unknown": 1}), 422),
+             (api.delete(path), 405)]
+    for response, status in cases:
+        assert response.status_code == status and response.mimetype == "application/problem+json"
+        body = response.json
+        assert body["status"] == status and body["type"].startswith("/problems/") and "Traceback" not in body["detail"]
