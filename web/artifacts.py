@@ -15,8 +15,8 @@ from sqlalchemy import select
 from core.db import Artifact
 from core.storage import ObjectNotFound, generator_key, grid_key, sample_key
 
-from . import jobs as job_routes
-from .platform import db, store
+from .jobs import job_or_404
+from .platform import db, get_by_id, store
 from .problems import Problem, validation_problem
 
 bp = Blueprint("artifacts", __name__, url_prefix="/v1/jobs")
@@ -26,7 +26,7 @@ CHUNK = 1024 * 1024
 
 @bp.get("/<job_id>/artifacts")
 def list_(job_id: str):
-    job = job_routes._job_or_404(job_id)
+    job = job_or_404(job_id)
     rows = db().scalars(select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.key))
     return {"artifacts": [{
         "id": str(a.id), "name": a.name, "size": a.size, "sha256": a.sha256, "content_type": a.content_type,
@@ -36,19 +36,16 @@ def list_(job_id: str):
 
 @bp.get("/<job_id>/artifacts/<artifact_id>")
 def download(job_id: str, artifact_id: str):
-    job = job_routes._job_or_404(job_id)
-    try:
-        artifact = db().get(Artifact, uuid.UUID(artifact_id))
-    except ValueError:
-        artifact = None
-    if artifact is None or artifact.job_id != job.id:
+    job = job_or_404(job_id)
+    artifact = get_by_id(Artifact, artifact_id, lambda row: row.job_id == job.id)
+    if artifact is None:
         raise Problem(404, f"job {job_id} has no artifact {artifact_id!r}")
     return _send(artifact)
 
 
 @bp.get("/<job_id>/grid")
 def grid(job_id: str):
-    job = job_routes._job_or_404(job_id)
+    job = job_or_404(job_id)
     step = request.args.get("step")
     if step is None:
         key = grid_key(job.id)
@@ -61,7 +58,7 @@ def grid(job_id: str):
 
 @bp.get("/<job_id>/generator")
 def generator(job_id: str):
-    job = job_routes._job_or_404(job_id)
+    job = job_or_404(job_id)
     return _send(_recorded(job.id, generator_key(job.id), f"job {job_id} has no exported generator yet"))
 
 

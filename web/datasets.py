@@ -17,7 +17,7 @@ from core.archives import ArchiveError, archive_kind, read_images
 from core.db import Dataset, ensure_default_tenant
 from core.storage import StorageError, dataset_key
 
-from .platform import db, store
+from .platform import db, get_by_id, store
 from .problems import Problem, validation_problem
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
@@ -81,10 +81,7 @@ def list_():
 @bp.get("/<dataset_id>")
 def get(dataset_id: str):
     tenant = ensure_default_tenant(db())
-    try:
-        dataset = db().get(Dataset, uuid.UUID(dataset_id))
-    except ValueError:
-        dataset = None
-    if dataset is None or dataset.tenant_id != tenant.id:
+    dataset = get_by_id(Dataset, dataset_id, lambda row: row.tenant_id == tenant.id)
+    if dataset is None:
         raise Problem(404, f"no dataset {dataset_id!r}")
     return dataset_json(dataset)

@@ -16,7 +16,7 @@ from core import jobs
 from core.db import Dataset, Job, JobStatus, JobType, ensure_default_tenant
 from core.gan.seeds import SampleError, parse_seeds
 
-from .platform import db, queue
+from .platform import db, get_by_id, queue
 from .problems import Problem, validation_problem
 from .schemas import GENERATE_JOB_REQUEST, check_fields, json_body, parse_train_request
 
@@ -29,7 +29,7 @@ def _tenant_id() -> uuid.UUID:
     return tenant.id
 
 
-def _job_or_404(job_id: str) -> Job:
+def job_or_404(job_id: str) -> Job:
     try:
         parsed = uuid.UUID(job_id)
     except ValueError:
@@ -84,12 +84,7 @@ def _max_attempts() -> int:
 
 
 def _dataset(tenant_id: uuid.UUID, dataset: str) -> Dataset | None:
-    try:
-        dataset_id = uuid.UUID(dataset)
-    except ValueError:
-        return None
-    found = db().get(Dataset, dataset_id)
-    return found if found is not None and found.tenant_id == tenant_id else None
+    return get_by_id(Dataset, dataset, lambda row: row.tenant_id == tenant_id)
 
 
 @bp.post("/generate")
@@ -140,7 +135,7 @@ def _parent_job(value: Any, errors: list[dict[str, str]]) -> Job | None:
 
 @bp.get("/<job_id>")
 def get(job_id: str):
-    return job_json(_job_or_404(job_id))
+    return job_json(job_or_404(job_id))
 
 
 @bp.get("")
@@ -167,7 +162,7 @@ def list_():
 
 @bp.post("/<job_id>/cancel")
 def cancel(job_id: str):
-    job = _job_or_404(job_id)
+    job = job_or_404(job_id)
     try:
         job = jobs.request_cancel(db(), job.id)
     except jobs.IllegalTransition:
@@ -180,6 +175,6 @@ def cancel(job_id: str):
 
 @bp.get("/<job_id>/events")
 def events(job_id: str):
-    job = _job_or_404(job_id)
+    job = job_or_404(job_id)
     return {"events": [{"at": _iso(e.at), "kind": e.kind, "attempt": e.attempt, "detail": e.detail}
                        for e in jobs.list_events(db(), job.id)]}

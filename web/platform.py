@@ -6,7 +6,8 @@ The queue sends Celery tasks *by name* over the broker, so the API never imports
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+import uuid
+from typing import Callable, Protocol, TypeVar
 
 from flask import Flask, current_app, g
 from sqlalchemy import text
@@ -16,6 +17,7 @@ from core.db import make_engine, make_session_factory
 from core.settings import Settings
 from core.storage import ArtifactStore, open_store
 
+T = TypeVar("T")
 TASKS = {"train": ("dcgan.train", "train"), "generate": ("dcgan.generate", "generate")}  # type -> (task, queue)
 
 
@@ -72,6 +74,16 @@ def readiness_checks(app: Flask) -> dict[str, Callable[[], None]]:
         parts["queue"].check()
 
     return {"database": database, "broker": broker, "storage": parts["store"].check}
+
+
+def get_by_id(model: type[T], raw_id: str, belongs: Callable[[T], bool]) -> T | None:
+    """The row of `model` with id `raw_id` if it exists and `belongs` (its tenant, its job) says it is
+    visible here; None for a malformed id, a missing row or someone else's row alike (no existence oracle)."""
+    try:
+        row = db().get(model, uuid.UUID(str(raw_id)))
+    except ValueError:
+        return None
+    return row if row is not None and belongs(row) else None
 
 
 def db() -> Session:
