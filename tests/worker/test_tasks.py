@@ -147,12 +147,18 @@ def test_unknown_dataset_fails_with_a_data_error(worker, celery_client, session_
     assert "no images" in job.error_detail
 
 
-def test_cancelling_a_running_job_stops_it_and_keeps_its_last_checkpoint(worker, celery_client, session_factory,
-                                                                         tenant_id, store):
+def start_long_job(celery_client, session_factory, tenant_id) -> uuid.UUID:
+    """A 400-step training job, returned once the worker has recorded its first progress."""
     config = dict(TINY, steps=400, sample_every=0, checkpoint_every=0)
     job_id = create(session_factory, tenant_id, "train", config, {"dataset": "builtin:fake"})
     send(celery_client, job_id)
     wait_until(session_factory, job_id, lambda job: job.progress.get("step", 0) > 0 or job.finished_at)
+    return job_id
+
+
+def test_cancelling_a_running_job_stops_it_and_keeps_its_last_checkpoint(worker, celery_client, session_factory,
+                                                                         tenant_id, store):
+    job_id = start_long_job(celery_client, session_factory, tenant_id)
     with session_factory() as session:
         jobs.request_cancel(session, job_id)
         session.commit()
@@ -222,10 +228,7 @@ def test_redelivered_job_with_a_corrupt_checkpoint_starts_over_and_says_so(worke
 
 def test_an_attempt_fenced_out_mid_run_stops_without_writing_again(worker, celery_client, session_factory,
                                                                   tenant_id, store):
-    config = dict(TINY, steps=400, sample_every=0, checkpoint_every=0)
-    job_id = create(session_factory, tenant_id, "train", config, {"dataset": "builtin:fake"})
-    send(celery_client, job_id)
-    wait_until(session_factory, job_id, lambda job: job.progress.get("step", 0) > 0 or job.finished_at)
+    job_id = start_long_job(celery_client, session_factory, tenant_id)
     with session_factory() as session:  # another worker took the job over after a lease expiry
         session.execute(update(Job).where(Job.id == job_id).values(attempt=2, worker="successor:1"))
         session.commit()
