@@ -14,10 +14,8 @@ file or the new one, never half of one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -26,6 +24,7 @@ from torch import nn
 
 from .config import ConfigError, TrainConfig
 from .errors import GanError
+from .files import atomic_write
 
 TRAIN_STATE_FORMAT = "dcgan-train-state/1"
 GENERATOR_FORMAT = "dcgan-generator/1"
@@ -33,22 +32,6 @@ GENERATOR_FORMAT = "dcgan-generator/1"
 
 class CheckpointError(GanError):
     """A checkpoint that cannot be used here; the message names the file and the mismatch."""
-
-
-def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Call write(file) on a temp file beside `path`, fsync it, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_training_state(path: Path, state: Mapping[str, Any]) -> None:

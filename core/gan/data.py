@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from .errors import GanError
+from .files import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -98,7 +98,7 @@ def _cached(name: str, source: _Source, img_size: int, img_channels: int, cache_
     else:
         array = _decode_all(name, source, img_size, img_channels)
         if path is not None:
-            _atomic_save(path, array)
+            atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
     return ImageSet(name, torch.from_numpy(array), key)
 
 
@@ -130,18 +130,6 @@ def _resize_array(array: np.ndarray, img_size: int, img_channels: int, chunk: in
         batch = TF.center_crop(TF.resize(batch, img_size, antialias=True), img_size)
         out.append(batch.contiguous().numpy())
     return np.concatenate(out)
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----- sources -----

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from .classifier import (CLASSIFIERS, FEATURE_DIM, NUM_CLASSES, PREPROCESS, Chec
                          sha256_file, to_classifier_input)
 from .data import to_uint8
 from .errors import GanError
+from .files import atomic_write
 
 METRICS = ("fid", "kid", "is")
 FEATURE_NETS = ("inception", *CLASSIFIERS)
@@ -364,17 +363,9 @@ def _load_stats(path: Path, dim: int) -> RealStats | None:
 
 
 def _save_stats(path: Path, stats: RealStats) -> None:
-    """Write next to the target and rename, so a reader never sees half a file (np.savez: no pickle)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, mu=stats.mu, sigma=stats.sigma, count=np.int64(stats.count),
-                     kid_features=stats.kid_features)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomically, so a reader never sees half a file (np.savez: no pickle)."""
+    atomic_write(path, lambda f: np.savez(f, mu=stats.mu, sigma=stats.sigma, count=np.int64(stats.count),
+                                          kid_features=stats.kid_features))
 
 
 __all__ = ["evaluate", "fid_from_features", "load_feature_net", "resolve_feature_net", "resize_like_tf1",
