@@ -14,10 +14,10 @@ from flask import Blueprint, request, url_for
 from sqlalchemy import select
 
 from core.archives import ArchiveError, archive_kind, read_images
-from core.db import Dataset, ensure_default_tenant
+from core.db import Dataset
 from core.storage import StorageError, dataset_key
 
-from .platform import db, get_by_id, store
+from .platform import db, get_by_id, store, tenant_id
 from .problems import Problem, validation_problem
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
@@ -46,7 +46,6 @@ def upload():
         images, rejected = read_images(upload.stream, archive_kind(upload.filename))
     except ArchiveError as exc:
         raise validation_problem([{"field": "file", "message": str(exc).removeprefix("file: ")}]) from None
-    tenant = ensure_default_tenant(db())
     dataset_id = uuid.uuid4()
     digest, size, keys = hashlib.sha256(), 0, []
     try:
@@ -60,7 +59,7 @@ def upload():
         for key in keys:
             store().delete(key)
         raise
-    dataset = Dataset(id=dataset_id, tenant_id=tenant.id, name=name, source="upload",
+    dataset = Dataset(id=dataset_id, tenant_id=tenant_id(), name=name, source="upload",
                       storage_prefix=f"datasets/{dataset_id}/", num_images=len(images), num_rejected=rejected,
                       size_bytes=size, sha256=digest.hexdigest(), status="ready")
     db().add(dataset)
@@ -72,16 +71,14 @@ def upload():
 
 @bp.get("")
 def list_():
-    tenant = ensure_default_tenant(db())
-    rows = db().scalars(select(Dataset).where(Dataset.tenant_id == tenant.id)
+    rows = db().scalars(select(Dataset).where(Dataset.tenant_id == tenant_id())
                         .order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(200))
     return {"datasets": [dataset_json(d) for d in rows]}
 
 
 @bp.get("/<dataset_id>")
 def get(dataset_id: str):
-    tenant = ensure_default_tenant(db())
-    dataset = get_by_id(Dataset, dataset_id, lambda row: row.tenant_id == tenant.id)
+    dataset = get_by_id(Dataset, dataset_id, lambda row: row.tenant_id == tenant_id())
     if dataset is None:
         raise Problem(404, f"no dataset {dataset_id!r}")
     return dataset_json(dataset)

@@ -13,10 +13,10 @@ from typing import Any
 from flask import Blueprint, current_app, request, url_for
 
 from core import jobs
-from core.db import Dataset, Job, JobStatus, JobType, ensure_default_tenant
+from core.db import Dataset, Job, JobStatus, JobType
 from core.gan.seeds import SampleError, parse_seeds
 
-from .platform import db, get_by_id, queue
+from .platform import db, get_by_id, queue, tenant_id
 from .problems import Problem, validation_problem
 from .schemas import GENERATE_JOB_REQUEST, check_fields, json_body, parse_train_request
 
@@ -24,17 +24,12 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 MAX_LIST_LIMIT = 200
 
 
-def _tenant_id() -> uuid.UUID:
-    tenant = ensure_default_tenant(db())
-    return tenant.id
-
-
 def job_or_404(job_id: str) -> Job:
     try:
         parsed = uuid.UUID(job_id)
     except ValueError:
         raise Problem(404, f"no job {job_id!r}") from None
-    job = jobs.get_job(db(), _tenant_id(), parsed)
+    job = jobs.get_job(db(), tenant_id(), parsed)
     if job is None:
         raise Problem(404, f"no job {job_id!r}")
     return job
@@ -70,11 +65,10 @@ def _accepted(job: Job):
 
 @bp.post("/train")
 def create_train():
-    tenant_id = _tenant_id()
-    dataset, config = parse_train_request(json_body(request), lambda ref: _dataset(tenant_id, ref) is not None)
-    found = None if dataset.startswith("builtin:") else _dataset(tenant_id, dataset)
+    dataset, config = parse_train_request(json_body(request), lambda ref: _dataset(ref) is not None)
+    found = None if dataset.startswith("builtin:") else _dataset(dataset)
     dataset_id = found.id if found is not None else None
-    job = jobs.create_job(db(), tenant_id, JobType.TRAIN, config.to_dict(), {"dataset": dataset},
+    job = jobs.create_job(db(), tenant_id(), JobType.TRAIN, config.to_dict(), {"dataset": dataset},
                           dataset_id=dataset_id, max_attempts=_max_attempts())
     return _accepted(job)
 
@@ -83,8 +77,8 @@ def _max_attempts() -> int:
     return current_app.config["SETTINGS"].max_attempts
 
 
-def _dataset(tenant_id: uuid.UUID, dataset: str) -> Dataset | None:
-    return get_by_id(Dataset, dataset, lambda row: row.tenant_id == tenant_id)
+def _dataset(dataset: str) -> Dataset | None:
+    return get_by_id(Dataset, dataset, lambda row: row.tenant_id == tenant_id())
 
 
 @bp.post("/generate")
@@ -121,7 +115,7 @@ def create_generate():
 
 def _parent_job(value: Any, errors: list[dict[str, str]]) -> Job | None:
     try:
-        parent = jobs.get_job(db(), _tenant_id(), uuid.UUID(str(value)))
+        parent = jobs.get_job(db(), tenant_id(), uuid.UUID(str(value)))
     except ValueError:
         parent = None
     if parent is None or parent.type != JobType.TRAIN:
@@ -153,7 +147,7 @@ def list_():
     if errors:
         raise validation_problem(errors)
     try:
-        found, cursor = jobs.list_jobs(db(), _tenant_id(), status=status, type=job_type, limit=limit,
+        found, cursor = jobs.list_jobs(db(), tenant_id(), status=status, type=job_type, limit=limit,
                                        cursor=request.args.get("cursor"))
     except jobs.BadCursor:
         raise validation_problem([{"field": "cursor", "message": "not a cursor this API returned"}]) from None

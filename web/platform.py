@@ -13,7 +13,7 @@ from flask import Flask, current_app, g
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from core.db import make_engine, make_session_factory
+from core.db import ensure_default_tenant, make_engine, make_session_factory
 from core.settings import Settings
 from core.storage import ArtifactStore, open_store
 
@@ -84,6 +84,13 @@ def get_by_id(model: type[T], raw_id: str, belongs: Callable[[T], bool]) -> T | 
     except ValueError:
         return None
     return row if row is not None and belongs(row) else None
+
+
+def tenant_id() -> uuid.UUID:
+    """The tenant a request acts for -- the default one until API keys land -- looked up once per request."""
+    if "tenant_id" not in g:
+        g.tenant_id = ensure_default_tenant(db()).id
+    return g.tenant_id
 
 
 def db() -> Session:
