@@ -123,12 +123,14 @@ def _refuse_pickle(path: Path) -> None:
     """Name the common mistake (a torch.save / pickle file) without ever unpickling it."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            head = f.read(9)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such generator file") from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot be read ({_first_line(exc)})") from None
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    # A pickle starts with the PROTO opcode 0x80; so does a safetensors file whose header is 128, 384, ...
+    # bytes long (the first byte of its little-endian length), but that file's JSON header opens with "{".
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[8:9] != b"{"):
         raise CheckpointError(f"{path}: is a pickle/torch.save file, not a .safetensors generator; it was not "
                               f"loaded (pickles can run code). Use the run's generator.safetensors")
 

@@ -92,6 +92,20 @@ def _rewrite_metadata(path, out, change):
     out.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size:])
 
 
+def test_a_header_length_that_starts_like_a_pickle_is_still_read(generator_file, tmp_path):
+    # A header of 128 + 256k bytes is stored as 80 0k 00 ..., the bytes a protocol-k pickle starts with.
+    data = generator_file.read_bytes()
+    size = struct.unpack("<Q", data[:8])[0]
+    header = data[8:8 + size].rstrip(b" ")
+    padded = header + b" " * ((128 - len(header)) % 256)  # safetensors pads headers with spaces
+    assert len(padded) % 256 == 128 and padded[:1] == b"{"
+    out = tmp_path / "aligned.safetensors"
+    out.write_bytes(struct.pack("<Q", len(padded)) + padded + data[8 + size:])
+    assert out.read_bytes()[:1] == b"\x80"
+    config, weights = read_generator(out)
+    assert config == tiny_config() and weights["main.0.weight"].shape == (8, 32, 4, 4)
+
+
 def test_config_that_does_not_match_the_weights(generator_file, tmp_path):
     def bigger(header):
         config = json.loads(header["__metadata__"]["config"])
