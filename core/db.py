@@ -137,6 +137,23 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Generator(Base):
+    """An uploaded generator: safetensors weights, checked against their config, that generate jobs sample."""
+
+    __tablename__ = "generators"
+    __table_args__ = (Index("ix_generators_tenant_id_created_at_id", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    # The validated TrainConfig.to_dict() the weights were checked against.
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    storage_key: Mapped[str] = mapped_column(String(1024))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Job(Base):
     """One train or generate request and everything the platform knows about its execution.
 
@@ -153,6 +170,8 @@ class Job(Base):
         Index("ix_jobs_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
         # The reaper looks for running jobs whose lease has expired.
         Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
+        # ... and for queued jobs whose message was published long ago (lost with a Redis wipe).
+        Index("ix_jobs_status_published_at", "status", "published_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -180,7 +199,14 @@ class Job(Base):
     # For generate jobs: the train job whose generator they sample.
     parent_job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"),
                                                             index=True)
+    # For generate jobs that sample an uploaded generator (POST /v1/generators) instead of a train job.
+    generator_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("generators.id", ondelete="SET NULL"),
+                                                           index=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # When the job's task message was last sent to the broker, and how often: the reaper sends it again,
+    # with a growing pause, while the job stays queued (the broker is a doorbell and may lose messages).
+    published_at: Mapped[datetime | None]
+    publish_count: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None]
@@ -235,19 +261,24 @@ class IdempotencyRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-def ensure_default_tenant(session: Session) -> Tenant:
-    """Return the local tenant that an install without API keys runs as, creating it if missing.
+def ensure_tenant(session: Session, name: str) -> Tenant:
+    """The tenant called `name`, created if missing.
 
     Safe to call from several processes at once: the insert ignores a conflict with a concurrent one.
-    The caller commits.
+    The caller commits (core.auth checks the name first).
     """
     dialect = session.get_bind().dialect.name
     if dialect not in ("postgresql", "sqlite"):
         raise ValueError(f"unsupported database {dialect!r}: use PostgreSQL or SQLite")
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(Tenant).values(id=uuid.uuid4(), name=DEFAULT_TENANT_NAME, created_at=utcnow())
+    session.execute(insert(Tenant).values(id=uuid.uuid4(), name=name, created_at=utcnow())
                     .on_conflict_do_nothing())
-    return session.scalars(select(Tenant).where(Tenant.name == DEFAULT_TENANT_NAME)).one()
+    return session.scalars(select(Tenant).where(Tenant.name == name)).one()
+
+
+def ensure_default_tenant(session: Session) -> Tenant:
+    """The tenant that tests and tools without a key of their own act as, created if missing."""
+    return ensure_tenant(session, DEFAULT_TENANT_NAME)
 
 
 def engine_url(database_url: str) -> URL:
@@ -257,17 +288,31 @@ def engine_url(database_url: str) -> URL:
     return url.set(drivername="postgresql+psycopg") if url.drivername in ("postgresql", "postgres") else url
 
 
-def make_engine(database_url: str) -> Engine:
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 10
+
+
+def make_engine(database_url: str, idle_in_transaction_seconds: int | None = None) -> Engine:
     """An engine for PostgreSQL or SQLite with the settings each needs to be correct under concurrency.
 
     SQLite: foreign keys on for every connection (off by default), WAL so readers don't block the
     writer, a busy timeout so concurrent writers wait instead of failing, and connections usable from the
     worker's heartbeat thread. PostgreSQL: connections are checked before use, so a database restart
-    costs one reconnect rather than one failed request.
+    costs one reconnect rather than one failed request, and connecting gives up after
+    POSTGRES_CONNECT_TIMEOUT_SECONDS (unless the URL sets connect_timeout) instead of libpq's default of
+    waiting forever, so a request to an unreachable server fails in seconds, not minutes.
+
+    `idle_in_transaction_seconds` (PostgreSQL; the worker sets it): the server ends a session that sits in an
+    open transaction that long, so a frozen worker (SIGSTOP, a stuck VM) cannot keep a job's row locked
+    and block the worker taking its job over.
     """
     url = engine_url(database_url)
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        connect_args = {}
+        if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+            connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_SECONDS
+        if url.get_backend_name() == "postgresql" and idle_in_transaction_seconds:
+            connect_args["options"] = f"-c idle_in_transaction_session_timeout={idle_in_transaction_seconds * 1000}"
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     in_memory = url.database in (None, "", ":memory:")
     if not in_memory:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)

@@ -236,6 +236,81 @@ def requeue_expired(session: Session, now: datetime | None = None) -> list[uuid.
     return requeued
 
 
+def requeue_for_retry(session: Session, job_id: uuid.UUID, attempt: int, error_type: str, detail: str,
+                      now: datetime | None = None) -> str | None:
+    """Give a running job back to the queue after a failure that another attempt may not meet (the
+    artifact store was unreachable for longer than the upload retries lasted); it costs an attempt.
+
+    Returns the new status (queued, or failed with `error_type` when the attempts are spent, or cancelled
+    when that was requested), or None when `attempt` no longer holds the job.
+    """
+    now = now or utcnow()
+    row = session.execute(select(Job.max_attempts, Job.cancel_requested).where(*_holds(job_id, attempt))
+                          .with_for_update()).one_or_none()
+    if row is None:
+        return None
+    if row.cancel_requested:
+        values, kind = dict(status=JobStatus.CANCELLED, finished_at=now), "cancelled"
+    elif attempt < row.max_attempts:
+        values, kind = dict(status=JobStatus.QUEUED, worker=None), "requeued"
+    else:
+        values, kind = dict(status=JobStatus.FAILED, finished_at=now, error_type=error_type,
+                            error_detail=detail), "failed"
+    if not _fenced_update(session, job_id, attempt, lease_expires_at=None, updated_at=now, **values):
+        return None
+    _event(session, job_id, kind, attempt, now, {"error_type": error_type, "reason": detail})
+    return values["status"]
+
+
+def record_event(session: Session, job_id: uuid.UUID, attempt: int, kind: str,
+                 detail: dict[str, Any] | None = None) -> bool:
+    """Add a note to the job's timeline (e.g. resumed_from_step) if `attempt` still holds the job."""
+    now = utcnow()
+    if not _fenced_update(session, job_id, attempt, updated_at=now):
+        return False
+    _event(session, job_id, kind, attempt, now, detail)
+    return True
+
+
+def checkpoints_newest_first(session: Session, job_id: uuid.UUID) -> list[Artifact]:
+    """The job's recorded checkpoints, newest step first: where a re-queued attempt looks for one to
+    resume from (each recorded with the sha256 the store must still match)."""
+    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id, Artifact.name.like("checkpoints/%"),
+                                                       Artifact.step.is_not(None))
+                                .order_by(Artifact.step.desc())))
+
+
+def due_for_publish(session: Session, republish_seconds: float, max_pause_seconds: float = 3600,
+                    now: datetime | None = None, limit: int = 500) -> list[tuple[uuid.UUID, str]]:
+    """Queued jobs whose task message should be sent (again): (id, type), oldest first.
+
+    A job waits `republish_seconds` after it was created or last published, then twice that, four times,
+    ... up to `max_pause_seconds`: a message lost with a Redis restart or flush is replaced within a minute,
+    while a job that simply waits behind a long training run adds few duplicates (which `claim_job` turns
+    into no-ops anyway).
+    """
+    now = now or utcnow()
+    since = literal(now - timedelta(seconds=republish_seconds), UTCDateTime())
+    rows = session.execute(
+        select(Job.id, Job.type, Job.created_at, Job.published_at, Job.publish_count)
+        .where(Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False),
+               func.coalesce(Job.published_at, Job.created_at) < since)
+        .order_by(Job.created_at).limit(limit)).all()
+    due = []
+    for job_id, job_type, created_at, published_at, count in rows:
+        pause = min(republish_seconds * 2 ** max(count - 1, 0), max_pause_seconds)
+        if (published_at or created_at) <= now - timedelta(seconds=pause):
+            due.append((job_id, job_type))
+    return due
+
+
+def mark_published(session: Session, job_id: uuid.UUID, now: datetime | None = None) -> None:
+    """Note that the job's task message was just sent (by the API or the reaper)."""
+    now = now or utcnow()
+    session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+                    .values(published_at=now, publish_count=Job.publish_count + 1))
+
+
 def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:
     """The job as the database has it now, or None if it does not exist for this tenant."""
     return session.scalars(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)

@@ -38,6 +38,14 @@ class Settings:
     max_attempts: int = 3
     # A worker's claim on a job lasts this long unless its heartbeat extends it.
     lease_seconds: int = 60
+    # How often the reaper runs: re-queues expired leases, re-sends lost messages of queued jobs.
+    reap_seconds: int = 15
+    # A queued job's message is sent again after this long unclaimed, then after twice that, ... (capped).
+    republish_seconds: int = 60
+    # Requests per API key per minute before 429.
+    rate_limit_per_minute: int = 6000
+    # Queued (not yet running) jobs a tenant may have before new submissions get 429.
+    max_queued_jobs: int = 100
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -53,6 +61,10 @@ class Settings:
             max_job_seconds=env_int(env, "DCGAN_MAX_JOB_SECONDS", cls.max_job_seconds),
             max_attempts=env_int(env, "DCGAN_MAX_ATTEMPTS", cls.max_attempts),
             lease_seconds=env_int(env, "DCGAN_LEASE_SECONDS", cls.lease_seconds),
+            reap_seconds=env_int(env, "DCGAN_REAP_SECONDS", cls.reap_seconds),
+            republish_seconds=env_int(env, "DCGAN_REPUBLISH_SECONDS", cls.republish_seconds),
+            rate_limit_per_minute=env_int(env, "DCGAN_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute),
+            max_queued_jobs=env_int(env, "DCGAN_MAX_QUEUED_JOBS", cls.max_queued_jobs),
         )
         return settings.with_defaults()
 

@@ -124,9 +124,21 @@ def content_type_for(key: str) -> str:
     return _CONTENT_TYPES.get(os.path.splitext(key)[1].lower(), "application/octet-stream")
 
 
-def _job_prefix(job_id: int | str) -> str:
-    # Every job key goes through here: a tenant prefix, when it comes, is added in this one place.
-    return f"jobs/{_id_segment(job_id, 'job_id')}/"
+def tenant_prefix(tenant_id: int | str) -> str:
+    """Every key a tenant's data lives under: its jobs, datasets and uploaded generators.
+
+    Keys are made only by the functions below, so one tenant's objects can never be addressed through
+    another's prefix, and deleting a tenant is deleting one prefix.
+    """
+    return f"tenants/{_id_segment(tenant_id, 'tenant_id')}/"
+
+
+def job_prefix(tenant_id: int | str, job_id: int | str) -> str:
+    return f"{tenant_prefix(tenant_id)}jobs/{_id_segment(job_id, 'job_id')}/"
+
+
+def dataset_prefix(tenant_id: int | str, dataset_id: int | str) -> str:
+    return f"{tenant_prefix(tenant_id)}datasets/{_id_segment(dataset_id, 'dataset_id')}/"
 
 
 def _id_segment(value: int | str, what: str) -> str:
@@ -143,24 +155,29 @@ def _step(step: int) -> str:
     return f"step-{step:07d}"
 
 
-def checkpoint_key(job_id: int | str, step: int) -> str:
-    return f"{_job_prefix(job_id)}checkpoints/{_step(step)}.pt"
+def checkpoint_key(tenant_id: int | str, job_id: int | str, step: int) -> str:
+    return f"{job_prefix(tenant_id, job_id)}checkpoints/{_step(step)}.pt"
 
 
-def sample_key(job_id: int | str, step: int) -> str:
-    return f"{_job_prefix(job_id)}samples/{_step(step)}.png"
+def sample_key(tenant_id: int | str, job_id: int | str, step: int) -> str:
+    return f"{job_prefix(tenant_id, job_id)}samples/{_step(step)}.png"
 
 
-def grid_key(job_id: int | str) -> str:
-    return f"{_job_prefix(job_id)}grid.png"
+def grid_key(tenant_id: int | str, job_id: int | str) -> str:
+    return f"{job_prefix(tenant_id, job_id)}grid.png"
 
 
-def generator_key(job_id: int | str) -> str:
-    return f"{_job_prefix(job_id)}generator.safetensors"
+def generator_key(tenant_id: int | str, job_id: int | str) -> str:
+    return f"{job_prefix(tenant_id, job_id)}generator.safetensors"
 
 
-def dataset_key(dataset_id: int | str, name: str) -> str:
-    return validate_key(f"datasets/{_id_segment(dataset_id, 'dataset_id')}/{name}")
+def dataset_key(tenant_id: int | str, dataset_id: int | str, name: str) -> str:
+    return validate_key(f"{dataset_prefix(tenant_id, dataset_id)}{name}")
+
+
+def uploaded_generator_key(tenant_id: int | str, generator_id: int | str) -> str:
+    """An uploaded generator's weights (POST /v1/generators)."""
+    return f"{tenant_prefix(tenant_id)}generators/{_id_segment(generator_id, 'generator_id')}.safetensors"
 
 
 # -- streaming with a running hash ----------------------------------------------------------------------------

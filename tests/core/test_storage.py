@@ -20,7 +20,8 @@ import pytest
 
 from core.settings import Settings
 from core.storage import (LocalStore, ObjectNotFound, S3Store, StorageError, checkpoint_key, content_type_for,
-                          dataset_key, generator_key, grid_key, open_store, sample_key)
+                          dataset_key, generator_key, grid_key, open_store, sample_key,
+                          uploaded_generator_key)
 
 MiB = 1024 * 1024
 # Small enough that a 12 MiB upload takes the multipart path in three 5 MiB parts (S3's minimum part size).
@@ -70,10 +71,10 @@ def test_overwrite_replaces_the_object(store):
 
 def test_put_file_streams_a_multi_mib_file(store, tmp_path):
     data = write_random(tmp_path / "ckpt.pt", 3 * MiB + 17)
-    stored = store.put_file(checkpoint_key(3, 1200), tmp_path / "ckpt.pt")
+    stored = store.put_file(checkpoint_key("t", 3, 1200), tmp_path / "ckpt.pt")
     assert stored.size == len(data) and stored.sha256 == hashlib.sha256(data).hexdigest()
     assert stored.content_type == "application/octet-stream"
-    with store.open("jobs/3/checkpoints/step-0001200.pt") as f:
+    with store.open("tenants/t/jobs/3/checkpoints/step-0001200.pt") as f:
         assert b"".join(iter(lambda: f.read(MiB), b"")) == data
 
 
@@ -90,10 +91,10 @@ def test_large_file_goes_up_in_parts_and_arrives_intact(store, tmp_path):
 
 def test_list_is_sorted_and_scoped_to_the_prefix(store):
     for step in (1200, 100, 50):
-        store.put_bytes(sample_key(1, step), b"png")
-    store.put_bytes(grid_key(1), b"png")
-    store.put_bytes(grid_key(10), b"png")
-    store.put_bytes(dataset_key("d1", "images.zip"), b"zip")
+        store.put_bytes(f"jobs/1/samples/step-{step:07d}.png", b"png")
+    store.put_bytes("jobs/1/grid.png", b"png")
+    store.put_bytes("jobs/10/grid.png", b"png")
+    store.put_bytes("datasets/d1/images.zip", b"zip")
     assert store.list("jobs/1/") == ["jobs/1/grid.png", "jobs/1/samples/step-0000050.png",
                                      "jobs/1/samples/step-0000100.png", "jobs/1/samples/step-0001200.png"]
     assert store.list("jobs/1/samples/step-00001") == ["jobs/1/samples/step-0000100.png"]
@@ -106,12 +107,12 @@ def test_list_is_sorted_and_scoped_to_the_prefix(store):
 
 def test_delete_and_delete_prefix(store):
     for step in (1, 2, 3):
-        store.put_bytes(checkpoint_key(1, step), b"ckpt")
-    store.put_bytes(generator_key(1), b"g")
-    store.put_bytes(generator_key(10), b"g")
-    store.delete(checkpoint_key(1, 2))
-    store.delete(checkpoint_key(1, 2))  # already gone: not an error
-    assert store.list("jobs/1/checkpoints/") == [checkpoint_key(1, 1), checkpoint_key(1, 3)]
+        store.put_bytes(f"jobs/1/checkpoints/{step}.pt", b"ckpt")
+    store.put_bytes("jobs/1/generator.safetensors", b"g")
+    store.put_bytes("jobs/10/generator.safetensors", b"g")
+    store.delete("jobs/1/checkpoints/2.pt")
+    store.delete("jobs/1/checkpoints/2.pt")  # already gone: not an error
+    assert store.list("jobs/1/checkpoints/") == ["jobs/1/checkpoints/1.pt", "jobs/1/checkpoints/3.pt"]
     store.delete_prefix("jobs/1/")
     assert store.list() == ["jobs/10/generator.safetensors"]
     store.delete_prefix("jobs/1/")  # nothing left under it: not an error
@@ -238,16 +239,19 @@ def test_check_fails_on_an_unwritable_local_root(tmp_path):
         LocalStore(tmp_path / "file").check()
 
 
-def test_key_helpers_are_sortable_and_predictable():
-    assert checkpoint_key(42, 1200) == "jobs/42/checkpoints/step-0001200.pt"
-    assert sample_key("7f3a", 1200) == "jobs/7f3a/samples/step-0001200.png"
-    assert grid_key(42) == "jobs/42/grid.png"
-    assert generator_key(42) == "jobs/42/generator.safetensors"
-    assert dataset_key(5, "cats.zip") == "datasets/5/cats.zip"
-    assert sorted(checkpoint_key(1, s) for s in (1000, 50, 200)) == [checkpoint_key(1, s) for s in (50, 200, 1000)]
-    assert content_type_for(grid_key(1)) == "image/png"
-    for bad in (lambda: checkpoint_key("../1", 1), lambda: checkpoint_key(1, -1), lambda: sample_key(1, 10**7),
-                lambda: dataset_key(5, "../../etc/passwd"), lambda: grid_key("a/b")):
+def test_key_helpers_are_sortable_predictable_and_tenant_scoped():
+    assert checkpoint_key("t1", 42, 1200) == "tenants/t1/jobs/42/checkpoints/step-0001200.pt"
+    assert sample_key("t1", "7f3a", 1200) == "tenants/t1/jobs/7f3a/samples/step-0001200.png"
+    assert grid_key("t1", 42) == "tenants/t1/jobs/42/grid.png"
+    assert generator_key("t1", 42) == "tenants/t1/jobs/42/generator.safetensors"
+    assert dataset_key("t1", 5, "cats.zip") == "tenants/t1/datasets/5/cats.zip"
+    assert uploaded_generator_key("t2", "g") == "tenants/t2/generators/g.safetensors"
+    assert sorted(checkpoint_key("t", 1, s) for s in (1000, 50, 200)) == [
+        checkpoint_key("t", 1, s) for s in (50, 200, 1000)]
+    assert content_type_for(grid_key("t", 1)) == "image/png"
+    for bad in (lambda: checkpoint_key("t", "../1", 1), lambda: checkpoint_key("t", 1, -1),
+                lambda: sample_key("t", 1, 10**7), lambda: dataset_key("t", 5, "../../etc/passwd"),
+                lambda: grid_key("t", "a/b"), lambda: grid_key("..", 1), lambda: grid_key("a/b", 1)):
         with pytest.raises(StorageError, match="invalid"):
             bad()
 

@@ -1,0 +1,79 @@
+"""The reaper: makes the database, not the broker, decide that every job gets run.
+
+Each pass (every `settings.reap_seconds`, from Celery beat's `dcgan.reap` task or `dcgan up`'s loop):
+1. running jobs whose lease expired (their worker was killed, frozen or lost its network) go back to the
+   queue, or fail with `worker_lost` once their attempts are spent (`core.jobs.requeue_expired`), and
+   the re-queued ones are published at once;
+2. queued jobs that no worker has claimed for a while are published again (`core.jobs.due_for_publish`):
+   this is what survives a Redis restart or flush, and an API that could not reach the broker.
+
+Publishing may fail (the broker is down): the job stays queued with its old `published_at`, and a later
+pass tries again. Several reapers may run at once; every transition is a conditional UPDATE, so they
+cannot double-count, and a duplicate message is a no-op for the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import jobs
+from core.db import Job
+from core.queue import JobQueue
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReapReport:
+    requeued: list[uuid.UUID] = field(default_factory=list)
+    published: list[uuid.UUID] = field(default_factory=list)
+    publish_failures: int = 0
+
+
+def reap_once(session_factory: sessionmaker[Session], queue: JobQueue, settings: Settings) -> ReapReport:
+    report = ReapReport()
+    with session_factory() as session:
+        report.requeued = jobs.requeue_expired(session)
+        session.commit()
+        due = jobs.due_for_publish(session, settings.republish_seconds)
+        types = dict(session.execute(
+            select(Job.id, Job.type).where(Job.id.in_(report.requeued))).all()) if report.requeued else {}
+        session.commit()
+        todo = [(job_id, types[job_id]) for job_id in report.requeued if job_id in types]
+        todo += [(job_id, job_type) for job_id, job_type in due if job_id not in types]
+        for job_id, job_type in todo:
+            try:
+                queue.enqueue(job_type, str(job_id))
+            except Exception as exc:  # the broker is down: try again on the next pass
+                report.publish_failures += 1
+                log.warning("reaper: could not publish job %s: %s", job_id, exc)
+                break
+            jobs.mark_published(session, job_id)
+            session.commit()
+            report.published.append(job_id)
+    if report.requeued or report.published or report.publish_failures:
+        log.info("reaper: requeued %d, published %d, publish failures %d", len(report.requeued),
+                 len(report.published), report.publish_failures)
+    return report
+
+
+def run_reaper(session_factory: sessionmaker[Session], queue: JobQueue, settings: Settings,
+               stop: threading.Event) -> None:
+    """Reap every `settings.reap_seconds` until `stop` is set (`dcgan up` runs this in a thread).
+
+    A database outage is logged and retried on the next pass; it never ends the loop.
+    """
+    while not stop.is_set():
+        try:
+            reap_once(session_factory, queue, settings)
+        except SQLAlchemyError as exc:
+            log.warning("reaper: database unavailable, will retry: %s", str(exc).splitlines()[0])
+        stop.wait(settings.reap_seconds)
