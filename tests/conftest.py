@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-# Real PostgreSQL / SQLite databases migrated by the repository's Alembic revisions, for every test tree.
-pytest_plugins = ["tests.db_fixtures", "tests.s3_fixtures"]
+# Real PostgreSQL / SQLite databases migrated by the repository's Alembic revisions, for every test tree;
+# private Redis / PostgreSQL servers that outage tests may stop (tests/services.py).
+pytest_plugins = ["tests.db_fixtures", "tests.s3_fixtures", "tests.services"]
 
 # DCGAN_TEST_DEVICE=cuda runs the core suite on a GPU (bench/gpu_check.sh does); CPU otherwise.
 TEST_DEVICE = os.environ.get("DCGAN_TEST_DEVICE", "cpu")
@@ -39,3 +40,19 @@ def tiny_config(**overrides):
                   sample_every=0, checkpoint_every=0, num_samples=16)
     values.update(overrides)
     return TrainConfig.from_dict(values)
+
+
+def flushed_redis(url: str):
+    """A client of a Redis database of the tests' own, flushed before and after (use with `yield from`);
+    skips the test when Redis is down."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip(f"Redis is unreachable at {url} (make test starts it)")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()

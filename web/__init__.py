@@ -9,7 +9,9 @@ from flask import Flask
 from core.settings import Settings
 
 from .artifacts import bp as artifacts_bp
+from .auth import install as install_auth
 from .datasets import bp as datasets_bp
+from .generators import bp as generators_bp
 from .health import bp as health_bp
 from .jobs import bp as jobs_bp
 from .platform import attach, readiness_checks
@@ -24,9 +26,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     register_error_handlers(app)
     attach(app, settings)
+    install_auth(app, settings)
     app.config["READINESS_CHECKS"] = readiness_checks(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(artifacts_bp)
     app.register_blueprint(datasets_bp)
+    app.register_blueprint(generators_bp)
     return app

@@ -39,7 +39,7 @@ def download(job_id: str, artifact_id: str):
     job = job_or_404(job_id)
     artifact = get_by_id(Artifact, artifact_id, lambda row: row.job_id == job.id)
     if artifact is None:
-        raise Problem(404, f"job {job_id} has no artifact {artifact_id!r}")
+        raise Problem(404, f"job {job_id} has no artifact {artifact_id[:100]!r}")
     return _send(artifact)
 
 
@@ -48,9 +48,9 @@ def grid(job_id: str):
     job = job_or_404(job_id)
     step = request.args.get("step")
     if step is None:
-        key = grid_key(job.id)
+        key = grid_key(job.tenant_id, job.id)
     elif step.isdigit() and int(step) < 10_000_000:
-        key = sample_key(job.id, int(step))
+        key = sample_key(job.tenant_id, job.id, int(step))
     else:
         raise validation_problem([{"field": "step", "message": "a step number"}])
     return _send(_recorded(job.id, key, f"job {job_id} has no grid" + (f" at step {step}" if step else " yet")))
@@ -59,7 +59,7 @@ def grid(job_id: str):
 @bp.get("/<job_id>/generator")
 def generator(job_id: str):
     job = job_or_404(job_id)
-    return _send(_recorded(job.id, generator_key(job.id), f"job {job_id} has no exported generator yet"))
+    return _send(_recorded(job.id, generator_key(job.tenant_id, job.id), f"job {job_id} has no exported generator yet"))
 
 
 def _recorded(job_id: uuid.UUID, key: str, missing: str) -> Artifact:

@@ -1,37 +1,45 @@
 """/v1/jobs: submit training and generation jobs, poll them, list, cancel, and read their timeline.
 
 A job row is committed before its task is published (the worker must find it), and the response is built
-from the row: the database, not Celery, is the truth about a job. Until API keys land (the reliability
-issue) every request acts for the default tenant.
+from the row: the database, not Celery, is the truth about a job. If the broker is down the job stays
+queued and the reaper publishes it later; the answer is still 202. Every request acts for the tenant of its
+API key (web.auth); submissions take an Idempotency-Key (web.idempotency) and are refused with 429 while the
+tenant already has `max_queued_jobs` jobs waiting.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
+from kombu.exceptions import OperationalError as BrokerUnavailable
+from sqlalchemy import func, select
 
 from core import jobs
 from core.db import Dataset, Job, JobStatus, JobType
 from core.gan.seeds import SampleError, parse_seeds
 
+from .idempotency import commit_created, idempotency_key, idempotent
 from .platform import db, get_by_id, queue, tenant_id
 from .problems import Problem, validation_problem
 from .schemas import GENERATE_JOB_REQUEST, check_fields, json_body, parse_train_request
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 MAX_LIST_LIMIT = 200
+QUEUE_FULL_RETRY_SECONDS = 30
+log = logging.getLogger(__name__)
 
 
 def job_or_404(job_id: str) -> Job:
     try:
         parsed = uuid.UUID(job_id)
     except ValueError:
-        raise Problem(404, f"no job {job_id!r}") from None
+        raise Problem(404, f"no job {job_id[:100]!r}") from None
     job = jobs.get_job(db(), tenant_id(), parsed)
     if job is None:
-        raise Problem(404, f"no job {job_id!r}")
+        raise Problem(404, f"no job {job_id[:100]!r}")
     return job
 
 
@@ -56,14 +64,40 @@ def _iso(value) -> str | None:
 
 
 def _accepted(job: Job):
+    """Commit the new job (with its idempotency record), then publish its task: only the request that
+    created the job publishes it, and a broker that is down delays the job (the reaper sends it) but does
+    not fail the request."""
+    _check_queued_cap(job.tenant_id)
+    job.idempotency_key = idempotency_key()
     job_id, job_type = str(job.id), job.type
     body = job_json(job)
-    db().commit()
-    queue().enqueue(job_type, job_id)
-    return body, 202, {"Location": url_for("jobs.get", job_id=job_id)}
+    location = url_for("jobs.get", job_id=job_id)
+    commit_created(body, 202, location)
+    try:
+        queue().enqueue(job_type, job_id)
+    except BrokerUnavailable as exc:
+        log.warning("job %s is queued but its task was not published (broker: %s); the reaper will send it",
+                    job_id, exc)
+    else:
+        jobs.mark_published(db(), job.id)
+        db().commit()
+    return body, 202, {"Location": location}
+
+
+def _check_queued_cap(tenant: uuid.UUID) -> None:
+    """429 when the tenant would have more than max_queued_jobs queued (the new job, flushed, counts)."""
+    limit = current_app.config["SETTINGS"].max_queued_jobs
+    queued = db().scalar(select(func.count()).select_from(Job)
+                         .where(Job.tenant_id == tenant, Job.status == JobStatus.QUEUED))
+    if queued > limit:
+        db().rollback()
+        raise Problem(429, f"{limit} jobs are already queued for this tenant; submit more once some start",
+                      slug="too-many-queued-jobs", title="Too many queued jobs",
+                      headers={"Retry-After": str(QUEUE_FULL_RETRY_SECONDS)})
 
 
 @bp.post("/train")
+@idempotent
 def create_train():
     dataset, config = parse_train_request(json_body(request), lambda ref: _dataset(ref) is not None)
     found = None if dataset.startswith("builtin:") else _dataset(dataset)
@@ -82,6 +116,7 @@ def _dataset(dataset: str) -> Dataset | None:
 
 
 @bp.post("/generate")
+@idempotent
 def create_generate():
     body = json_body(request)
     errors = check_fields(body, GENERATE_JOB_REQUEST)
@@ -101,13 +136,28 @@ def create_generate():
     nrow = body.get("nrow", 8)
     if not isinstance(nrow, int) or isinstance(nrow, bool) or not 1 <= nrow <= 64:
         errors.append({"field": "nrow", "message": "must be an integer from 1 to 64"})
-    parent = None
-    if "generator_job" in body:
+    from .generators import visible_generator
+
+    parent = uploaded = None
+    if ("generator" in body) == ("generator_job" in body):
+        errors.append({"field": "generator", "message": "give exactly one of generator (an uploaded generator's "
+                                                        "id) and generator_job (a succeeded training job's id)"})
+    elif "generator_job" in body:
         parent = _parent_job(body["generator_job"], errors)
+    else:
+        uploaded = visible_generator(body["generator"])
+        if uploaded is None:
+            errors.append({"field": "generator", "message": f"no generator {str(body['generator'])[:100]!r}"})
     if errors:
         raise validation_problem(errors)
+    sampling = {"seeds": seeds, "truncation": float(truncation), "nrow": nrow}
+    if uploaded is not None:
+        job = jobs.create_job(db(), tenant_id(), JobType.GENERATE, uploaded.config,
+                              {"generator": str(uploaded.id), **sampling}, max_attempts=_max_attempts())
+        job.generator_id = uploaded.id
+        return _accepted(job)
     assert parent is not None
-    request_doc = {"generator_job": str(parent.id), "seeds": seeds, "truncation": float(truncation), "nrow": nrow}
+    request_doc = {"generator_job": str(parent.id), **sampling}
     job = jobs.create_job(db(), parent.tenant_id, JobType.GENERATE, parent.config, request_doc,
                           parent_job_id=parent.id, max_attempts=_max_attempts())
     return _accepted(job)

@@ -6,42 +6,21 @@ The queue sends Celery tasks *by name* over the broker, so the API never imports
 
 from __future__ import annotations
 
+import sys
 import uuid
-from typing import Callable, Protocol, TypeVar
+from typing import Callable, TypeVar
 
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, request
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from core.db import ensure_default_tenant, make_engine, make_session_factory
+from core.db import make_engine, make_session_factory
+from core.queue import CeleryQueue, JobQueue
 from core.settings import Settings
 from core.storage import ArtifactStore, open_store
 
 T = TypeVar("T")
-TASKS = {"train": ("dcgan.train", "train"), "generate": ("dcgan.generate", "generate")}  # type -> (task, queue)
-
-
-class JobQueue(Protocol):
-    def enqueue(self, job_type: str, job_id: str) -> None: ...
-
-
-class CeleryQueue:
-    """Publishes `dcgan.train` / `dcgan.generate` with the job id as the only argument."""
-
-    def __init__(self, broker_url: str):
-        from celery import Celery
-
-        self.client = Celery("dcgan-api", broker=broker_url, set_as_current=False)
-        self.client.conf.update(task_serializer="json", accept_content=["json"], broker_connection_retry=False,
-                                broker_transport_options={"max_retries": 1})
-
-    def enqueue(self, job_type: str, job_id: str) -> None:
-        name, queue = TASKS[job_type]
-        self.client.send_task(name, args=[job_id], queue=queue)
-
-    def check(self) -> None:
-        with self.client.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1)
 
 
 def attach(app: Flask, settings: Settings) -> None:
@@ -76,6 +55,49 @@ def readiness_checks(app: Flask) -> dict[str, Callable[[], None]]:
     return {"database": database, "broker": broker, "storage": parts["store"].check}
 
 
+# PostgreSQL SQLSTATEs that say the server cannot serve anyone right now, not that the request was wrong:
+# class 08 (connection exception), class 53 (insufficient resources: too many connections, disk full) and
+# 57P01-57P03 (admin shutdown, crash shutdown, cannot connect now: starting up or shutting down).
+_POSTGRES_UNAVAILABLE_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03")
+# SQLite reports a bad statement and a busy or missing file with the same exception class: tell them apart
+# by message.
+_SQLITE_UNAVAILABLE_MESSAGES = ("database is locked", "database table is locked", "unable to open database",
+                                "disk i/o error")
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """Whether `error` (or an exception it was raised from) means the database cannot be reached or used
+    at the moment -- answered 503, worth retrying -- rather than a bug such as bad SQL or a violated
+    constraint, which stays a 500."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa_exc.TimeoutError):  # every pooled connection busy for pool_timeout
+            return True
+        if isinstance(current, sa_exc.DBAPIError):
+            if current.connection_invalidated:  # the dialect recognised a lost connection
+                return True
+            current = current.orig
+            continue
+        if _driver_unavailable(current):
+            return True
+        current = current.__cause__
+    return False
+
+
+def _driver_unavailable(error: BaseException) -> bool:
+    # Only drivers already imported can have raised: look them up instead of importing them.
+    sqlite3, psycopg = sys.modules.get("sqlite3"), sys.modules.get("psycopg")
+    if sqlite3 is not None and isinstance(error, sqlite3.OperationalError):
+        return any(message in str(error).lower() for message in _SQLITE_UNAVAILABLE_MESSAGES)
+    if psycopg is not None and isinstance(error, psycopg.Error):
+        if error.sqlstate is None:  # no answer from a server at all: refused, reset, timed out, closed
+            return isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError))
+        return error.sqlstate.startswith(_POSTGRES_UNAVAILABLE_SQLSTATES)
+    return False
+
+
 def get_by_id(model: type[T], raw_id: str, belongs: Callable[[T], bool]) -> T | None:
     """The row of `model` with id `raw_id` if it exists and `belongs` (its tenant, its job) says it is
     visible here; None for a malformed id, a missing row or someone else's row alike (no existence oracle)."""
@@ -87,9 +109,9 @@ def get_by_id(model: type[T], raw_id: str, belongs: Callable[[T], bool]) -> T | 
 
 
 def tenant_id() -> uuid.UUID:
-    """The tenant a request acts for -- the default one until API keys land -- looked up once per request."""
+    """The tenant a request acts for: the owner of its API key, set by web.auth before the view runs."""
     if "tenant_id" not in g:
-        g.tenant_id = ensure_default_tenant(db()).id
+        raise RuntimeError(f"{request.path} acts for a tenant but is not behind web.auth's API key check")
     return g.tenant_id
 
 

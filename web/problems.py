@@ -2,7 +2,8 @@
 
 Each error class has a stable `type` URI (under /problems/), a title, the HTTP status and a human `detail`;
 validation failures add `errors`: a list of `{"field": ..., "message": ...}`. Responses never carry a
-stack trace: unexpected exceptions are logged with theirs and answered with a bare 500 problem.
+stack trace: unexpected exceptions are logged with theirs and answered with a bare 500 problem, except a
+database that cannot be reached: 503 `database-unavailable` with Retry-After.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from typing import Any
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
+from .platform import database_unavailable
+
 PROBLEM_JSON = "application/problem+json"
+# What a 503 for an unreachable database tells clients to wait (the same as /readyz's).
+DATABASE_RETRY_AFTER_SECONDS = 5
 log = logging.getLogger(__name__)
 
 # status -> (type slug, title) for the errors werkzeug raises itself
@@ -76,6 +81,14 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
+        if database_unavailable(exc):
+            # An outage, not a bug: one line, not a traceback per request. The session is closed at teardown,
+            # and the engine's pre-ping replaces dead pooled connections once the database is back.
+            log.warning("database unavailable on %s %s: %s", request.method, request.path,
+                        (str(exc).splitlines() or [""])[0][:200])
+            return problem_response(Problem(
+                503, "the database is unavailable; retry later", slug="database-unavailable",
+                title="Database unavailable", headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)}))
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(Problem(500, "internal error; it has been logged", slug="internal",
                                         title="Internal server error"))

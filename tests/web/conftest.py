@@ -1,6 +1,8 @@
 import pytest
 
+from core.auth import authenticate, create_key
 from core.settings import Settings
+from tests.conftest import flushed_redis
 from web import create_app
 
 TEST_REDIS_URL = "redis://127.0.0.1:6379/12"  # the machine's Redis, a database of its own for these tests
@@ -8,23 +10,38 @@ TEST_REDIS_URL = "redis://127.0.0.1:6379/12"  # the machine's Redis, a database 
 
 @pytest.fixture
 def redis_client():
-    import redis
+    yield from flushed_redis(TEST_REDIS_URL)
 
-    client = redis.Redis.from_url(TEST_REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip("Redis is unreachable at 127.0.0.1:6379 (make test starts it)")
-    client.flushdb()
-    yield client
-    client.flushdb()
+
+def authorized_client(app, tenant: str = "tests"):
+    """A test client of `app` that sends a new API key of `tenant` (created if missing) on every request;
+    `.api_key` is the key and `.tenant_id` its tenant."""
+    with app.extensions["dcgan"]["sessions"]() as session:
+        _, secret = create_key(session, tenant)
+        session.commit()
+        tenant_id = authenticate(session, secret)
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {secret}"
+    client.api_key, client.tenant_id = secret, tenant_id
+    return client
+
+
+def make_app(engine, tmp_path, **overrides):
+    url = engine.url.render_as_string(hide_password=False)
+    values = dict(data_dir=tmp_path, database_url=url, redis_url=TEST_REDIS_URL)
+    values.update(overrides)
+    return create_app(Settings(**values).with_defaults())
 
 
 @pytest.fixture
-def api(engine, tmp_path, redis_client):
+def api_app(engine, tmp_path, redis_client):
     """The API on a migrated database (SQLite and PostgreSQL), the real Redis broker and a LocalStore."""
-    url = engine.url.render_as_string(hide_password=False)
-    settings = Settings(data_dir=tmp_path, database_url=url, redis_url=TEST_REDIS_URL).with_defaults()
-    app = create_app(settings)
-    yield app.test_client()
+    app = make_app(engine, tmp_path)
+    yield app
     app.extensions["dcgan"]["engine"].dispose()
+
+
+@pytest.fixture
+def api(api_app):
+    """A client of `api_app` acting for the tenant "tests" with a key of its own."""
+    return authorized_client(api_app)

@@ -10,7 +10,7 @@ from core import jobs
 from core.settings import Settings
 from core.storage import generator_key, grid_key, sample_key
 from web import create_app
-from tests.web.conftest import TEST_REDIS_URL
+from tests.web.conftest import TEST_REDIS_URL, authorized_client
 
 TRAIN = {"dataset": "builtin:digits", "config": {"steps": 20, "img_size": 32, "img_channels": 1}}
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
@@ -25,6 +25,13 @@ def _record(app, session_factory, job_id: str, key: str, data: bytes, step=None)
         assert jobs.record_artifact(session, uuid.UUID(job_id), attempt, key.rsplit("/", 1)[-1], key, stored.size,
                                     stored.sha256, stored.content_type, step)
         session.commit()
+
+
+def tenant_of(app, job_id: str) -> uuid.UUID:
+    from core.db import Job
+
+    with app.extensions["dcgan"]["sessions"]() as session:
+        return session.get(Job, uuid.UUID(job_id)).tenant_id
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -55,12 +62,12 @@ def _fetch(app, response) -> bytes:
 
 
 def test_grid_generator_and_listing(app, session_factory):
-    client = app.test_client()
+    client = authorized_client(app)
     job_id = client.post("/v1/jobs/train", json=TRAIN).json["id"]
     assert client.get(f"/v1/jobs/{job_id}/grid").status_code == 404  # nothing recorded yet
-    _record(app, session_factory, job_id, sample_key(job_id, 10), PNG[:-1], step=10)
-    _record(app, session_factory, job_id, grid_key(job_id), PNG)
-    _record(app, session_factory, job_id, generator_key(job_id), b"weights")
+    _record(app, session_factory, job_id, sample_key(tenant_of(app, job_id), job_id, 10), PNG[:-1], step=10)
+    _record(app, session_factory, job_id, grid_key(tenant_of(app, job_id), job_id), PNG)
+    _record(app, session_factory, job_id, generator_key(tenant_of(app, job_id), job_id), b"weights")
     assert _fetch(app, client.get(f"/v1/jobs/{job_id}/grid")) == PNG
     assert _fetch(app, client.get(f"/v1/jobs/{job_id}/grid?step=10")) == PNG[:-1]
     assert _fetch(app, client.get(f"/v1/jobs/{job_id}/generator")) == b"weights"
@@ -72,7 +79,7 @@ def test_grid_generator_and_listing(app, session_factory):
 
 
 def test_missing_things_are_404(app):
-    client = app.test_client()
+    client = authorized_client(app)
     job_id = client.post("/v1/jobs/train", json=TRAIN).json["id"]
     for path in (f"/v1/jobs/{job_id}/grid?step=5", f"/v1/jobs/{job_id}/generator",
                  f"/v1/jobs/{job_id}/artifacts/{uuid.uuid4()}", f"/v1/jobs/{job_id}/artifacts/nope",
