@@ -1,8 +1,9 @@
 """/v1/datasets: upload an archive of images (multipart field `file`), list and read datasets.
 
 The archive is read member by member by core.archives (never extracted to disk), only decodable images
-are stored, under server-made names (`datasets/<id>/images/000001.png`), and the row is committed only
+are stored, under server-made names (`tenants/<tenant>/datasets/<id>/images/000001.png`), and the row is committed only
 after every image is in the artifact store: an upload that fails half-way leaves no dataset behind.
+An upload takes an Idempotency-Key (web.idempotency): sent again, it answers the first upload's dataset.
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ from __future__ import annotations
 import hashlib
 import uuid
 
-from flask import Blueprint, request, url_for
+from flask import Blueprint, current_app, request, url_for
 from sqlalchemy import select
 
-from core.archives import ArchiveError, archive_kind, read_images
+from core.archives import ArchiveError, Limits, archive_kind, read_images
 from core.db import Dataset
-from core.storage import StorageError, dataset_key
+from core.storage import StorageError, dataset_key, dataset_prefix
 
+from .idempotency import commit_created, idempotent
 from .platform import db, get_by_id, store, tenant_id
 from .problems import Problem, validation_problem
+from .schemas import upload_name
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 
@@ -32,6 +35,7 @@ def dataset_json(dataset: Dataset) -> dict:
 
 
 @bp.post("")
+@idempotent
 def upload():
     if request.mimetype != "multipart/form-data":
         raise Problem(415, f"expected multipart/form-data with a 'file' field, got {request.mimetype or 'none'}")
@@ -41,16 +45,20 @@ def upload():
     unknown = sorted(set(request.form) - {"name"} | set(request.files) - {"file"})
     if unknown:
         raise validation_problem([{"field": name, "message": "unknown field"} for name in unknown])
-    name = (request.form.get("name") or upload.filename)[:200]
+    name = upload_name(request.form.get("name"), upload.filename, "dataset")
     try:
-        images, rejected = read_images(upload.stream, archive_kind(upload.filename))
-    except ArchiveError as exc:
-        raise validation_problem([{"field": "file", "message": str(exc).removeprefix("file: ")}]) from None
+        # app.config["ARCHIVE_LIMITS"] (a core.archives.Limits) lowers the limits for an embedding or a test
+        limits = current_app.config.get("ARCHIVE_LIMITS") or Limits()
+        images, rejected = read_images(upload.stream, archive_kind(upload.filename), limits)
+    except ArchiveError as exc:  # each kind of refusal has its own problem type (core.archives.TITLES)
+        message = str(exc).removeprefix("file: ")
+        raise Problem(413 if exc.too_large else 422, message, slug=exc.slug, title=exc.title,
+                      errors=[{"field": "file", "message": message}]) from None
     dataset_id = uuid.uuid4()
     digest, size, keys = hashlib.sha256(), 0, []
     try:
         for index, image in enumerate(images, start=1):
-            key = dataset_key(dataset_id, f"images/{index:06d}{image.suffix}")
+            key = dataset_key(tenant_id(), dataset_id, f"images/{index:06d}{image.suffix}")
             stored = store().put_bytes(key, image.data)
             keys.append(key)
             digest.update(stored.sha256.encode())
@@ -60,12 +68,18 @@ def upload():
             store().delete(key)
         raise
     dataset = Dataset(id=dataset_id, tenant_id=tenant_id(), name=name, source="upload",
-                      storage_prefix=f"datasets/{dataset_id}/", num_images=len(images), num_rejected=rejected,
+                      storage_prefix=dataset_prefix(tenant_id(), dataset_id), num_images=len(images), num_rejected=rejected,
                       size_bytes=size, sha256=digest.hexdigest(), status="ready")
     db().add(dataset)
-    db().flush()
-    body = dataset_json(dataset)
-    db().commit()
+    try:
+        db().flush()
+        body = dataset_json(dataset)
+        commit_created(body, 201, body["links"]["self"])
+    except BaseException:
+        # Not committed (another request with the same Idempotency-Key won, or the database failed): the
+        # stored images belong to no dataset.
+        store().delete_prefix(dataset_prefix(tenant_id(), dataset_id))
+        raise
     return body, 201, {"Location": body["links"]["self"]}
 
 
@@ -80,5 +94,5 @@ def list_():
 def get(dataset_id: str):
     dataset = get_by_id(Dataset, dataset_id, lambda row: row.tenant_id == tenant_id())
     if dataset is None:
-        raise Problem(404, f"no dataset {dataset_id!r}")
+        raise Problem(404, f"no dataset {dataset_id[:100]!r}")
     return dataset_json(dataset)

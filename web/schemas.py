@@ -8,6 +8,7 @@ and checkpoints use -- so the document, the API and the engine cannot disagree a
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable
 
 from flask import Request
@@ -49,10 +50,13 @@ TRAIN_JOB_REQUEST: dict[str, Any] = {
 
 GENERATE_JOB_REQUEST: dict[str, Any] = {
     "type": "object",
-    "required": ["generator_job", "seeds"],
+    "required": ["seeds"],
+    "oneOf": [{"required": ["generator_job"]}, {"required": ["generator"]}],
     "additionalProperties": False,
     "properties": {
         "generator_job": {"type": "string", "format": "uuid", "description": "a succeeded train job"},
+        "generator": {"type": "string", "format": "uuid", "description": "an uploaded generator "
+                                                                         "(POST /v1/generators)"},
         "seeds": {"oneOf": [{"type": "array", "items": {"type": "integer", "minimum": 0}},
                             {"type": "string", "example": "0-63"}]},
         "truncation": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1.0},
@@ -65,12 +69,30 @@ def json_body(request: Request) -> dict[str, Any]:
     """The request's JSON object: 415 for another content type, 400 for malformed JSON or a non-object."""
     if not request.is_json:
         raise Problem(415, f"expected Content-Type application/json, got {request.mimetype or 'none'}")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # not a ValueError, so silent=True lets it through
+        raise Problem(400, "the body's JSON is nested too deeply", slug="malformed-json",
+                      title="Malformed JSON") from None
     if body is None:
         raise Problem(400, "the body is not valid JSON", slug="malformed-json", title="Malformed JSON")
     if not isinstance(body, dict):
         raise Problem(400, "the body must be a JSON object", slug="malformed-json", title="Malformed JSON")
     return body
+
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+MAX_NAME_LENGTH = 200
+
+
+def upload_name(given: str | None, filename: str | None, fallback: str) -> str:
+    """An upload's display name: the `name` form field (422 if it holds control characters -- PostgreSQL
+    cannot even store NUL), else the file's name without them; at most MAX_NAME_LENGTH characters."""
+    if given:
+        if _CONTROL_CHARACTERS.search(given):
+            raise validation_problem([{"field": "name", "message": "must not contain control characters"}])
+        return given[:MAX_NAME_LENGTH]
+    return _CONTROL_CHARACTERS.sub("", filename or "")[:MAX_NAME_LENGTH] or fallback
 
 
 def check_fields(body: dict[str, Any], schema: dict[str, Any]) -> list[dict[str, str]]:
@@ -110,7 +132,7 @@ def openapi_document() -> dict[str, Any]:
         "schema": {"$ref": "#/components/schemas/Problem"}}}}
     binary = {"description": "the file", "content": {"application/octet-stream": {}}}
     job = {"description": "the job", "content": {"application/json": {"schema": {"type": "object"}}}}
-    return {
+    return with_security({
         "openapi": "3.1.0",
         "info": {"title": "dcgan-platform", "version": "1"},
         "paths": {
@@ -131,13 +153,31 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "one dataset", "responses": {"200": {"description": "the dataset"}, "404": problem},
                 "parameters": [{"name": "dataset_id", "in": "path", "required": True,
                                 "schema": {"type": "string", "format": "uuid"}}]}},
+            "/v1/generators": {
+                "post": {"summary": "upload generator weights (.safetensors) with their config; checked against "
+                                    "the config before anything is stored, pickles refused unread",
+                         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                             "type": "object", "required": ["file", "config"], "additionalProperties": False,
+                             "properties": {"file": {"type": "string", "format": "binary"},
+                                            "config": {"type": "string", "contentMediaType": "application/json",
+                                                       "description": "a TrainConfig as JSON; steps optional"},
+                                            "name": {"type": "string", "maxLength": 200}}}}}},
+                         "responses": {"201": {"description": "the generator"}, "413": problem, "415": problem,
+                                       "422": problem}},
+                "get": {"summary": "uploaded generators, newest first",
+                        "responses": {"200": {"description": "generators"}}}},
+            "/v1/generators/{generator_id}": {"get": {
+                "summary": "one uploaded generator",
+                "responses": {"200": {"description": "the generator"}, "404": problem},
+                "parameters": [{"name": "generator_id", "in": "path", "required": True,
+                                "schema": {"type": "string", "format": "uuid"}}]}},
             "/v1/jobs/train": {"post": {
                 "summary": "submit a training job",
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/TrainJobRequest"}}}},
                 "responses": {"202": job, "400": problem, "415": problem, "422": problem}}},
             "/v1/jobs/generate": {"post": {
-                "summary": "generate images for seeds from a succeeded training job",
+                "summary": "generate images for seeds from a succeeded training job or an uploaded generator",
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/GenerateJobRequest"}}}},
                 "responses": {"202": job, "400": problem, "415": problem, "422": problem}}},
@@ -183,7 +223,53 @@ def openapi_document() -> dict[str, Any]:
                 "errors": {"type": "array", "items": {"type": "object", "properties": {
                     "field": {"type": "string"}, "message": {"type": "string"}}}}}},
         }},
+    })
+
+
+# The POSTs that create something take an Idempotency-Key (web.idempotency).
+IDEMPOTENT_OPERATIONS = frozenset({("/v1/jobs/train", "post"), ("/v1/jobs/generate", "post"),
+                                   ("/v1/datasets", "post"), ("/v1/generators", "post")})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v1/openapi.json"})
+
+
+def with_security(document: dict[str, Any]) -> dict[str, Any]:
+    """Add what web.auth and web.idempotency do to every operation: the bearer key (401) and the per-key
+    rate limit (429) everywhere but the open paths, and the Idempotency-Key header on creating POSTs."""
+    problem = {"$ref": "#/components/schemas/Problem"}
+    components = document["components"]
+    components["securitySchemes"] = {"bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "an API key (dcg_...): `dcgan keys create --tenant <name>`, or <data-dir>/api-key "
+                       "made by `dcgan up`"}}
+    components["parameters"] = {"IdempotencyKey": {
+        "name": "Idempotency-Key", "in": "header", "required": False,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+        "description": "the same key with the same request (method, path, body) answers the first response "
+                       "again (header Idempotent-Replayed: true) and creates nothing; with another request "
+                       "it is 422 idempotency-key-reused. Scoped to the tenant."}}
+    components["responses"] = {
+        "Unauthorized": {"description": "no, a malformed, an unknown or a revoked API key",
+                         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+                         "content": {"application/problem+json": {"schema": problem}}},
+        "TooManyRequests": {"description": "the key's rate limit per minute, or the tenant's cap on queued jobs",
+                            "headers": {"Retry-After": {"schema": {"type": "integer"},
+                                                        "description": "seconds to wait"}},
+                            "content": {"application/problem+json": {"schema": problem}}},
+        "BadIdempotencyKey": {"description": "a malformed Idempotency-Key (or malformed JSON)",
+                              "content": {"application/problem+json": {"schema": problem}}},
     }
+    document["security"] = [{"bearer": []}]
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if path in OPEN_PATHS:
+                operation["security"] = []
+                continue
+            operation["responses"]["401"] = {"$ref": "#/components/responses/Unauthorized"}
+            operation["responses"]["429"] = {"$ref": "#/components/responses/TooManyRequests"}
+            if (path, method) in IDEMPOTENT_OPERATIONS:
+                operation.setdefault("parameters", []).append({"$ref": "#/components/parameters/IdempotencyKey"})
+                operation["responses"].setdefault("400", {"$ref": "#/components/responses/BadIdempotencyKey"})
+    return document
 
 
 def _query(name: str, values: list[str]) -> dict[str, Any]:

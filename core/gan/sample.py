@@ -25,7 +25,7 @@ from PIL import Image
 from torch import nn
 from torchvision.utils import make_grid
 
-from .checkpoint import load_module_state, read_generator
+from .checkpoint import CheckpointError, load_module_state, read_generator
 from .files import atomic_write
 from .config import TrainConfig
 from .data import to_uint8
@@ -85,6 +85,26 @@ class Sampler:
         config, weights = read_generator(Path(path))
         generator = build_generator(config)
         load_module_state(generator, weights, str(path))
+        return cls(generator, config, device, options)
+
+    @classmethod
+    def from_state(cls, config: TrainConfig, weights_path: Path, device: str | torch.device = "cpu",
+                   options: SamplerOptions = SamplerOptions()) -> "Sampler":
+        """A generator from bare safetensors weights and the config that describes them (an uploaded
+        generator, whose config came with the upload rather than in the file). Read with safetensors only:
+        nothing is unpickled. Names and shapes are checked against the config, values for NaN/Inf."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            weights = load_file(str(weights_path), device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{weights_path}: not a readable safetensors file ({exc})") from None
+        for name, tensor in weights.items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise CheckpointError(f"{weights_path}: tensor {name!r} contains NaN or Inf")
+        generator = build_generator(config)
+        load_module_state(generator, weights, str(weights_path))
         return cls(generator, config, device, options)
 
     @torch.no_grad()

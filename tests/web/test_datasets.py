@@ -61,7 +61,8 @@ def test_zip_upload_keeps_only_images(api, tmp_path):
     assert [d["id"] for d in api.get("/v1/datasets").json["datasets"]] == [body["id"]]
     stored = sorted(p.relative_to(tmp_path / "artifacts").as_posix()
                     for p in (tmp_path / "artifacts").rglob("*") if p.is_file())
-    assert stored == [f"datasets/{body['id']}/images/000001.png", f"datasets/{body['id']}/images/000002.jpg"]
+    prefix = f"tenants/{api.tenant_id}/datasets/{body['id']}/images"
+    assert stored == [f"{prefix}/000001.png", f"{prefix}/000002.jpg"]
     job = api.post("/v1/jobs/train", json={"dataset": body["id"], "config": {"steps": 5, "img_size": 32}})
     assert job.status_code == 202 and job.json["request"]["dataset"] == body["id"]
 
@@ -122,7 +123,7 @@ def test_encrypted_zip_member_is_refused():
 
 def test_upload_over_the_limit_is_413_before_reading(engine, tmp_path, redis_client):
     from core.settings import Settings
-    from tests.web.conftest import TEST_REDIS_URL
+    from tests.web.conftest import TEST_REDIS_URL, authorized_client
     from web import create_app
 
     url = engine.url.render_as_string(hide_password=False)
@@ -132,6 +133,6 @@ def test_upload_over_the_limit_is_413_before_reading(engine, tmp_path, redis_cli
 
     archive = make_zip({"noise.bin": os.urandom(20_000)})  # incompressible: the body really is > 10 kB
     assert len(archive) > 10_000
-    response = upload(app.test_client(), archive, "big.zip")
+    response = upload(authorized_client(app), archive, "big.zip")
     assert response.status_code == 413 and response.mimetype == "application/problem+json"
     app.extensions["dcgan"]["engine"].dispose()

@@ -82,7 +82,7 @@ def test_openapi_lists_every_route_the_app_serves(tmp_path):
 
     app = create_app(Settings(data_dir=tmp_path).with_defaults())
     served = {rule.rule.replace("<job_id>", "{job_id}").replace("<artifact_id>", "{artifact_id}")
-              .replace("<dataset_id>", "{dataset_id}")
+              .replace("<dataset_id>", "{dataset_id}").replace("<generator_id>", "{generator_id}")
               for rule in app.url_map.iter_rules()
               if rule.endpoint != "static"}
     assert served == set(openapi_document()["paths"])
