@@ -24,6 +24,10 @@ TRAIN_TASK = "dcgan.train"
 GENERATE_TASK = "dcgan.generate"
 TRAIN_QUEUE = "train"
 GENERATE_QUEUE = "generate"
+REAP_TASK = "dcgan.reap"
+# Housekeeping (the reaper) has a queue of its own, so it is never stuck behind a training run:
+# `celery -A worker.celery_app worker -Q maintenance -B` runs beat and the reaper in one small process.
+MAINTENANCE_QUEUE = "maintenance"
 
 
 def make_celery(settings: Settings, threads: int | None = None) -> Celery:
@@ -43,9 +47,13 @@ def make_celery(settings: Settings, threads: int | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         # One job at a time per process: a prefetched message would wait behind a long training run.
         worker_prefetch_multiplier=1,
-        task_queues=[Queue(TRAIN_QUEUE), Queue(GENERATE_QUEUE)],
+        task_queues=[Queue(TRAIN_QUEUE), Queue(GENERATE_QUEUE), Queue(MAINTENANCE_QUEUE)],
         task_default_queue=TRAIN_QUEUE,
-        task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE}, GENERATE_TASK: {"queue": GENERATE_QUEUE}},
+        task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE}, GENERATE_TASK: {"queue": GENERATE_QUEUE},
+                     REAP_TASK: {"queue": MAINTENANCE_QUEUE}},
+        # Celery beat sends the reaper pass; a pass that could not run in time is dropped, not piled up.
+        beat_schedule={"reap": {"task": REAP_TASK, "schedule": float(settings.reap_seconds),
+                                "options": {"queue": MAINTENANCE_QUEUE, "expires": float(settings.reap_seconds)}}},
         broker_transport_options={"visibility_timeout": settings.max_job_seconds + 3600},
         broker_connection_retry_on_startup=True,
         dcgan_settings=settings,

@@ -5,9 +5,16 @@ number, the fencing token every later write carries: a write that returns False 
 holds the job now, and this one stops at once without touching anything (`FencedOut`). Each state change
 is committed as soon as it is made, so the API sees progress, checkpoints and artifacts as they happen.
 
-A job is never `succeeded` without its artifacts: objects are uploaded first, then recorded, then the job
-finishes. Failures a user caused (`GanError`: config, data, checkpoint, seeds), a diverged run and an
-out-of-memory device become FAILED with a machine-readable `error_type`; anything else is a bug, recorded
+While an attempt runs, a thread of its own extends its lease (`_LeaseKeeper`); if the process is killed or
+frozen the lease runs out and the reaper (core.reaper, the `dcgan.reap` task here) gives the job to a new
+attempt, which resumes from the newest checkpoint whose bytes still match their recorded sha256. A warm
+shutdown (SIGTERM) checkpoints, releases the lease and publishes the job again; a job past its runtime
+limit checkpoints and fails with `timeout`.
+
+A job is never `succeeded` without its artifacts: objects are uploaded first (with retries and backoff),
+then recorded, then the job finishes; a store that stays down sends the job back to the queue. Failures
+a user caused (`GanError`: config, data, checkpoint, seeds), a diverged run and an out-of-memory device
+become FAILED with a machine-readable `error_type` and are not retried; anything else is a bug, recorded
 as `internal_error` and re-raised so Celery logs its traceback.
 
 The database engine and artifact store are built on first use from the app's settings
@@ -17,6 +24,7 @@ registers the tasks.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -28,26 +36,31 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 from celery import Celery, shared_task
+from celery.signals import worker_shutting_down
 from celery.utils.log import get_task_logger
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import jobs
-from core.db import Job, JobStatus, JobType, make_engine, make_session_factory
+from core.db import Artifact, Job, JobStatus, JobType, make_engine, make_session_factory, utcnow
 from core.gan.checkpoint import CheckpointError
 from core.gan.config import TrainConfig
 from core.gan.data import IMAGE_SUFFIXES, DataError, ImageSet, load_images
 from core.gan.errors import GanError
 from core.gan.sample import Sampler, SampleError, grid_image, parse_seeds, png_bytes
 from core.gan.train import Callbacks, Progress, train
+from core.queue import TASKS
+from core.reaper import reap_once
 from core.settings import Settings
-from core.storage import (ArtifactStore, ObjectNotFound, checkpoint_key, generator_key, grid_key, open_store,
-                          sample_key)
+from core.storage import (ArtifactStore, ObjectNotFound, StorageError, checkpoint_key, dataset_prefix,
+                          generator_key, grid_key, job_prefix, open_store, sample_key)
 
 log = get_task_logger(__name__)
+T = TypeVar("T")
 
 BUILTIN_DATASETS = ("digits", "fashion-mnist", "fake")
 # The job row is written at most this often while training: often enough for a live progress bar,
@@ -61,11 +74,38 @@ class FencedOut(Exception):
     """This attempt no longer holds the job (its lease was taken over, or the job is gone): stop now."""
 
 
+class StorageUnavailable(Exception):
+    """The artifact store kept failing after every retry; the job goes back to the queue (an attempt)."""
+
+
+# Set when the worker begins a warm shutdown (SIGTERM, a deploy): the running job checkpoints, releases
+# its lease and is published again, instead of keeping the worker alive until it finishes.
+_shutdown = threading.Event()
+
+
+@worker_shutting_down.connect
+def _on_worker_shutting_down(**_: Any) -> None:
+    _shutdown.set()
+
+
 @dataclass(frozen=True)
 class _Context:
     settings: Settings
     session_factory: sessionmaker[Session]
     store: ArtifactStore
+    app: Celery
+
+    def publish(self, job_type: str, job_id: uuid.UUID) -> None:
+        """Send the job's task message again (after a release); the reaper does it if this fails."""
+        name, queue = TASKS[job_type]
+        try:
+            self.app.send_task(name, args=[str(job_id)], queue=queue, retry=False)
+        except Exception as exc:
+            log.warning("job %s: could not publish it again (%s); the reaper will", job_id, exc)
+            return
+        with self.session_factory() as session:
+            jobs.mark_published(session, job_id)
+            session.commit()
 
 
 _context: _Context | None = None
@@ -81,8 +121,8 @@ def _get_context(app: Celery) -> _Context:
             threads = app.conf.get("dcgan_threads")
             if threads:
                 torch.set_num_threads(int(threads))
-            _context = _Context(settings, make_session_factory(make_engine(settings.database_url)),
-                                open_store(settings))
+            engine = make_engine(settings.database_url, idle_in_transaction_seconds=settings.lease_seconds)
+            _context = _Context(settings, make_session_factory(engine), open_store(settings), app)
         return _context
 
 
@@ -96,13 +136,68 @@ def generate_task(self, job_id: str) -> None:
     _run_job(self.app, job_id, JobType.GENERATE, _generate)
 
 
+@shared_task(name="dcgan.reap", bind=True)
+def reap_task(self) -> None:
+    """Celery beat's periodic reaper pass (core.reaper), on the `maintenance` queue."""
+    context = _get_context(self.app)
+    report = reap_once(context.session_factory, _AppQueue(context), context.settings)
+    log.info("reaper: requeued %s, published %s", len(report.requeued), len(report.published))
+
+
+class _AppQueue:
+    def __init__(self, context: _Context) -> None:
+        self.context = context
+
+    def enqueue(self, job_type: str, job_id: str) -> None:
+        name, queue = TASKS[job_type]
+        self.context.app.send_task(name, args=[job_id], queue=queue, retry=False)
+
+
+class _LeaseKeeper(threading.Thread):
+    """Extends the attempt's lease every third of its length, on a session of its own, for as long as
+    the attempt runs -- through dataset downloads, long steps and uploads alike. It stops extending when
+    the process is frozen or killed (so the lease runs out and the reaper hands the job on), and sets
+    `lost` when the database says this attempt no longer holds the job."""
+
+    def __init__(self, context: _Context, job_id: uuid.UUID, attempt: int) -> None:
+        super().__init__(name=f"lease-{job_id}", daemon=True)
+        self.context, self.job_id, self.attempt = context, job_id, attempt
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        lease = self.context.settings.lease_seconds
+        with self.context.session_factory() as session:
+            while not self._stop.wait(max(lease / 3, 0.2)):
+                try:
+                    held = jobs.heartbeat(session, self.job_id, self.attempt, lease)
+                    session.commit()
+                except SQLAlchemyError as exc:  # the database is away: keep trying until the lease ends
+                    session.rollback()
+                    log.warning("job %s: heartbeat failed: %s", self.job_id, _first_line(exc))
+                    continue
+                if not held:
+                    self.lost.set()
+                    return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=10)
+
+
 class _Attempt:
     """One claimed attempt at a job: its session, its fencing token, and writes that stop when fenced."""
 
     def __init__(self, context: _Context, session: Session, job_id: uuid.UUID, attempt: int) -> None:
         self.context, self.session, self.job_id, self.attempt = context, session, job_id, attempt
         self.store = context.store
-        self._last_heartbeat = time.monotonic()
+        job = self.job()
+        self.tenant_id, self.job_type = job.tenant_id, job.type
+        # The runtime limit counts from the job's first start, across attempts.
+        started = job.started_at or utcnow()
+        remaining = (started - utcnow()).total_seconds() + context.settings.max_job_seconds
+        self.deadline = time.monotonic() + remaining
+        self.lease = _LeaseKeeper(context, job_id, attempt)
 
     def job(self) -> Job:
         job = self.session.get(Job, self.job_id, populate_existing=True)
@@ -112,37 +207,81 @@ class _Attempt:
 
     def write(self, transition: Callable[..., bool], *args: Any, **kwargs: Any) -> None:
         """Run a fenced core.jobs transition and commit it; FencedOut when it no longer holds the job."""
-        if not transition(self.session, self.job_id, self.attempt, *args, **kwargs):
+
+        def attempt_write() -> bool:
+            held = transition(self.session, self.job_id, self.attempt, *args, **kwargs)
+            if held:
+                self.session.commit()
+            return held
+
+        if not self.retry_db(attempt_write):
             self.session.rollback()
             raise FencedOut(f"job {self.job_id}: attempt {self.attempt} no longer holds it "
                             f"({transition.__name__} refused)")
-        self.session.commit()
+
+    def retry_db(self, operation: Callable[[], T]) -> T:
+        """Run `operation`, waiting out a database that is briefly away (about a minute in all). Longer,
+        the error propagates, the lease runs out meanwhile, and the reaper gives the job to a later attempt
+        once the database is back."""
+        for pause in (*_DB_RETRY_PAUSES, None):
+            try:
+                return operation()
+            except OperationalError as exc:
+                self.session.rollback()
+                if pause is None:
+                    raise
+                log.warning("job %s: database unavailable (%s); retrying in %s s", self.job_id,
+                            _first_line(exc), pause)
+                time.sleep(pause)
+        raise AssertionError("unreachable")
 
     def heartbeat(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last_heartbeat >= SYNC_SECONDS:
-            self.write(jobs.heartbeat, self.context.settings.lease_seconds)
-            self._last_heartbeat = now
+        """The lease itself is kept by `_LeaseKeeper`; here the attempt learns that it was lost."""
+        if self.lease.lost.is_set():
+            raise FencedOut(f"job {self.job_id}: attempt {self.attempt} lost its lease")
 
     def should_stop(self) -> bool:
-        stop = jobs.should_stop(self.session, self.job_id, self.attempt)
-        self.session.commit()  # end the read transaction: the next check must see new commits
-        return stop
+        def check() -> bool:
+            stop = jobs.should_stop(self.session, self.job_id, self.attempt)
+            self.session.commit()  # end the read transaction: the next check must see new commits
+            return stop
+
+        return self.retry_db(check)
+
+    def ensure_holds(self) -> None:
+        """Checked right before each upload, so a fenced-out attempt does not overwrite its successor's
+        objects in the store (its database writes are refused anyway)."""
+        self.heartbeat()
+        if self.should_stop() and not self.cancel_requested():
+            raise FencedOut(f"job {self.job_id}: attempt {self.attempt} no longer holds it")
 
     def cancel_requested(self) -> bool:
-        job = self.job()
+        job = self.retry_db(self.job)
         return job.cancel_requested and job.attempt == self.attempt and job.status == JobStatus.RUNNING
 
     def upload(self, key: str, path: Path, step: int | None = None) -> None:
-        stored = self.store.put_file(key, path)
-        self._record(stored, step)
+        self._record(self._put(lambda: self.store.put_file(key, path), key), step)
 
     def upload_bytes(self, key: str, data: bytes) -> None:
-        self._record(self.store.put_bytes(key, data), None)
+        self._record(self._put(lambda: self.store.put_bytes(key, data), key), None)
+
+    def _put(self, put: Callable[[], Any], key: str):
+        """Upload with retries and a growing pause: an S3 outage of up to half a minute costs nothing."""
+        for pause in (*UPLOAD_RETRY_PAUSES, None):
+            self.ensure_holds()
+            try:
+                return put()
+            except ObjectNotFound:
+                raise
+            except StorageError as exc:
+                if pause is None:
+                    raise StorageUnavailable(f"could not upload {key}: {exc}") from exc
+                log.warning("job %s: upload of %s failed (%s); retrying in %s s", self.job_id, key, exc, pause)
+                time.sleep(pause)
 
     def _record(self, stored, step: int | None) -> None:
-        # Keys are jobs/<id>/<name>; the name is what a user sees in the artifact list.
-        name = stored.key.split("/", 2)[2]
+        # Keys are <job prefix><name>; the name is what a user sees in the artifact list.
+        name = stored.key.removeprefix(job_prefix(self.tenant_id, self.job_id))
         self.write(jobs.record_artifact, name, stored.key, stored.size, stored.sha256, stored.content_type,
                    step=step)
 
@@ -158,6 +297,27 @@ class _Attempt:
             log.warning("job %s: failed with %s, but attempt %s no longer holds it", self.job_id, error_type,
                         self.attempt)
 
+    def release(self) -> None:
+        """Graceful stop: hand the job back to the queue now (not when the lease runs out) and ring the bell."""
+        self.session.rollback()
+        if jobs.release_lease(self.session, self.job_id, self.attempt):
+            self.session.commit()
+            log.info("job %s: released on shutdown; published again", self.job_id)
+            self.context.publish(self.job_type, self.job_id)
+
+    def requeue(self, error_type: str, detail: str) -> None:
+        self.session.rollback()
+        status = jobs.requeue_for_retry(self.session, self.job_id, self.attempt, error_type, detail)
+        self.session.commit()
+        if status == JobStatus.QUEUED:
+            self.context.publish(self.job_type, self.job_id)
+
+
+# A database write waits this long in all (about a default lease) before the attempt gives up.
+_DB_RETRY_PAUSES = (0.5, 1, 2, 4, 8, 16, 30)
+# Pauses between tries of one upload: 0.5 + 1 + 2 + 4 + 8 + 16 = 31.5 s of S3 outage absorbed.
+UPLOAD_RETRY_PAUSES = (0.5, 1, 2, 4, 8, 16)
+
 
 def _run_job(app: Celery, job_id_text: str, job_type: str, body: Callable[[_Attempt], None]) -> None:
     context = _get_context(app)
@@ -171,12 +331,16 @@ def _run_job(app: Celery, job_id_text: str, job_type: str, body: Callable[[_Atte
             return
         log.info("job %s: claimed as attempt %s", job_id, attempt)
         run = _Attempt(context, session, job_id, attempt)
+        run.lease.start()
         try:
-            if run.job().type != job_type:
-                raise ValueError(f"job {job_id} is a {run.job().type} job, sent to the {job_type} task")
+            if run.job_type != job_type:
+                raise ValueError(f"job {job_id} is a {run.job_type} job, sent to the {job_type} task")
             body(run)
         except FencedOut as exc:
             log.warning("job %s: stopped: %s", job_id, exc)
+        except StorageUnavailable as exc:
+            log.warning("job %s: %s; back to the queue", job_id, exc)
+            run.requeue("storage_unavailable", str(exc))
         except GanError as exc:
             run.fail(_error_type(exc), str(exc))
         except FloatingPointError as exc:
@@ -189,6 +353,8 @@ def _run_job(app: Celery, job_id_text: str, job_type: str, body: Callable[[_Atte
             except Exception:
                 log.exception("job %s: could not record internal_error", job_id)
             raise
+        finally:
+            run.lease.stop()
 
 
 def _worker_name() -> str:
@@ -208,14 +374,18 @@ def _first_line(exc: BaseException) -> str:
 # ----- train -----
 
 class _TrainHooks:
-    """The train loop's callbacks: throttled progress and stop checks, artifacts uploaded as they appear."""
+    """The train loop's callbacks: throttled progress and stop checks, artifacts uploaded as they appear.
 
-    def __init__(self, run: _Attempt, notes: list[str]) -> None:
-        self.run, self.notes = run, notes
+    `stop_reason` says why the loop was asked to stop: "cancel" (the user), "shutdown" (the worker is
+    going down) or "timeout" (the job's runtime limit); a fenced-out attempt raises FencedOut instead.
+    """
+
+    def __init__(self, run: _Attempt, notes: list[str], resumed_from: Artifact | None) -> None:
+        self.run, self.notes, self.resumed_from = run, notes, resumed_from
         self.started = False  # the loop has begun stepping (so a CheckpointError is not about resuming)
+        self.stop_reason: str | None = None
         self._last_progress = -math.inf
         self._last_check = -math.inf
-        self._stop = False
 
     def callbacks(self) -> Callbacks:
         return Callbacks(on_progress=self.on_progress, should_stop=self.should_stop,
@@ -230,30 +400,39 @@ class _TrainHooks:
         if self.notes:
             document["notes"] = list(self.notes)
         self.run.write(jobs.record_progress, document)
-        self.run.heartbeat()
 
     def should_stop(self) -> bool:
         # Called before every step; the database is asked at most once a SYNC_SECONDS, and a stop sticks.
-        self.started = True
+        if not self.started:
+            self.started = True  # the checkpoint (if any) loaded: say where this attempt starts from
+            step = self.resumed_from.step if self.resumed_from is not None else 0
+            self.run.write(jobs.record_event, "resumed_from_step" if step else "started",
+                           {"step": step, **({"key": self.resumed_from.key} if self.resumed_from else {})})
+        self.run.heartbeat()
+        if self.stop_reason is not None:
+            return True
+        if _shutdown.is_set():
+            self.stop_reason = "shutdown"
+        elif time.monotonic() > self.run.deadline:
+            self.stop_reason = "timeout"
         now = time.monotonic()
-        if self._stop or now - self._last_check < SYNC_SECONDS:
-            return self._stop
-        self._last_check = now
-        self._stop = self.run.should_stop()
-        if not self._stop:
-            self.run.heartbeat()
-        elif not self.run.cancel_requested():
-            # Fenced out: the loop's final checkpoint and grid would be uploaded over the successor's.
-            raise FencedOut(f"job {self.run.job_id}: attempt {self.run.attempt} no longer holds it")
-        return self._stop
+        if self.stop_reason is None and now - self._last_check >= SYNC_SECONDS:
+            self._last_check = now
+            stop = self.run.should_stop()
+            if stop and not self.run.cancel_requested():
+                # Fenced out: the loop's final checkpoint and grid would be uploaded over the successor's.
+                raise FencedOut(f"job {self.run.job_id}: attempt {self.run.attempt} no longer holds it")
+            if stop:
+                self.stop_reason = "cancel"
+        return self.stop_reason is not None
 
     def on_sample(self, path: Path, step: int) -> None:
         # The sample and the live grid are the same picture.
-        self.run.upload(sample_key(self.run.job_id, step), path, step)
-        self.run.upload(grid_key(self.run.job_id), path, step)
+        self.run.upload(sample_key(self.run.tenant_id, self.run.job_id, step), path, step)
+        self.run.upload(grid_key(self.run.tenant_id, self.run.job_id), path, step)
 
     def on_checkpoint(self, path: Path, step: int) -> None:
-        key = checkpoint_key(self.run.job_id, step)
+        key = checkpoint_key(self.run.tenant_id, self.run.job_id, step)
         self.run.upload(key, path, step)
         self.run.write(jobs.set_checkpoint, key, step)
 
@@ -265,24 +444,39 @@ def _train(run: _Attempt) -> None:
     with tempfile.TemporaryDirectory(prefix="dcgan-train-") as tmp:
         tmp_dir = Path(tmp)
         data = _load_dataset(run, job.request.get("dataset"), config, tmp_dir / "dataset")
-        run.heartbeat(force=True)
-        resume_from = _fetch_checkpoint(run, job.checkpoint_key, tmp_dir / "resume", notes)
-        hooks = _TrainHooks(run, notes)
-        try:
-            result = train(config, data, tmp_dir / "run", resume_from=resume_from, callbacks=hooks.callbacks())
-        except CheckpointError as exc:
-            if resume_from is None or hooks.started:
-                raise
-            # A checkpoint this attempt cannot use costs the steps it held, not the job.
-            notes.append(f"could not resume from {job.checkpoint_key}, started over: {exc}")
-            log.warning("job %s: %s", run.job_id, notes[-1])
-            result = train(config, data, tmp_dir / "run", callbacks=hooks.callbacks())
-        run.upload(generator_key(run.job_id), result.generator_path, result.step)
-        run.upload(grid_key(run.job_id), result.grid_path, result.step)
+        run.heartbeat()
+        # Newest valid checkpoint first; a missing, altered or unloadable one falls back to the one before,
+        # and the last resort is step 0 (None).
+        candidates: list[Artifact | None] = [*jobs.checkpoints_newest_first(run.session, run.job_id), None]
+        run.session.commit()
+        for candidate in candidates:
+            path = _fetch_checkpoint(run, candidate, tmp_dir / "resume", notes) if candidate else None
+            if candidate is not None and path is None:
+                continue
+            hooks = _TrainHooks(run, notes, candidate)
+            try:
+                result = train(config, data, tmp_dir / "run", resume_from=path, callbacks=hooks.callbacks())
+                break
+            except CheckpointError as exc:
+                if path is None or hooks.started:
+                    raise
+                # A checkpoint this attempt cannot use costs the steps it held, not the job.
+                notes.append(f"could not resume from {candidate.key}: {exc}")
+                log.warning("job %s: %s", run.job_id, notes[-1])
+        if hooks.stop_reason == "shutdown":
+            run.release()  # the final checkpoint is recorded; the next attempt resumes from it
+            return
+        run.upload(generator_key(run.tenant_id, run.job_id), result.generator_path, result.step)
+        run.upload(grid_key(run.tenant_id, run.job_id), result.grid_path, result.step)
     if not result.stopped:
         run.finish(JobStatus.SUCCEEDED)
-    elif run.cancel_requested():
+    elif hooks.stop_reason == "cancel":
         run.finish(JobStatus.CANCELLED)
+    elif hooks.stop_reason == "timeout":
+        limit = run.context.settings.max_job_seconds
+        run.finish(JobStatus.FAILED, "timeout", f"the job ran past its runtime limit of {limit} s at step "
+                                                f"{result.step} of {result.total_steps}; its last checkpoint "
+                                                f"and generator are kept")
     else:
         raise FencedOut(f"job {run.job_id}: stopped because attempt {run.attempt} no longer holds it")
 
@@ -302,7 +496,7 @@ def _load_dataset(run: _Attempt, reference: Any, config: TrainConfig, folder: Pa
         dataset_id = uuid.UUID(reference)
     except ValueError:
         raise DataError(f"dataset {reference!r}: neither a dataset id nor builtin:<name>") from None
-    prefix = f"datasets/{dataset_id}/"
+    prefix = dataset_prefix(run.tenant_id, dataset_id)
     keys = [key for key in run.store.list(prefix) if key.lower().endswith(IMAGE_SUFFIXES)]
     if not keys:
         raise DataError(f"dataset {dataset_id}: no images in the artifact store")
@@ -315,18 +509,25 @@ def _load_dataset(run: _Attempt, reference: Any, config: TrainConfig, folder: Pa
     return load_images(f"folder:{folder}", config.img_size, config.img_channels, cache_dir=cache_dir)
 
 
-def _fetch_checkpoint(run: _Attempt, key: str | None, folder: Path, notes: list[str]) -> Path | None:
-    """The checkpoint a previous attempt left, downloaded; None (and a note) when there is none to use."""
-    if not key:
-        return None
-    path = folder / key.rsplit("/", 1)[-1]
+def _fetch_checkpoint(run: _Attempt, artifact: Artifact, folder: Path, notes: list[str]) -> Path | None:
+    """A checkpoint a previous attempt recorded, downloaded and checked against its recorded sha256;
+    None (and a note) when it is missing or its bytes are not the ones that were recorded."""
+    path = folder / artifact.key.rsplit("/", 1)[-1]
     folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
     try:
-        with run.store.open(key) as source, open(path, "wb") as out:
-            shutil.copyfileobj(source, out)
+        with run.store.open(artifact.key) as source, open(path, "wb") as out:
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
     except ObjectNotFound:
-        notes.append(f"checkpoint {key} is missing from the store, started over")
+        notes.append(f"checkpoint {artifact.key} is missing from the store, skipped")
         log.warning("job %s: %s", run.job_id, notes[-1])
+        return None
+    if digest.hexdigest() != artifact.sha256:
+        notes.append(f"checkpoint {artifact.key} does not match its recorded sha256 (corrupt), skipped")
+        log.warning("job %s: %s", run.job_id, notes[-1])
+        path.unlink()
         return None
     return path
 
@@ -337,20 +538,40 @@ def _generate(run: _Attempt) -> None:
     job = run.job()
     request = job.request
     parent = job.parent_job_id or request.get("generator_job")
-    if not parent:
-        raise SampleError("generator_job: the job names no train job to sample from")
+    if not parent and job.generator_id is None:
+        raise SampleError("generator_job: the job names no train job or uploaded generator to sample from")
     seeds = parse_seeds(request.get("seeds", "0-63"))
     truncation = float(request.get("truncation", 1.0))
     nrow = int(request.get("nrow", 8))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory(prefix="dcgan-generate-") as tmp:
         path = Path(tmp) / "generator.safetensors"
-        try:
-            with run.store.open(generator_key(parent)) as source, open(path, "wb") as out:
-                shutil.copyfileobj(source, out)
-        except ObjectNotFound:
-            raise SampleError(f"generator_job {parent}: has no exported generator (has it succeeded?)") from None
-        sampler = Sampler.from_file(path, device=device)
+        if job.generator_id is not None:
+            # An uploaded generator (POST /v1/generators): checked at upload, checked again here because this
+            # process is the one that loads it, and loaded with safetensors only -- nothing is unpickled.
+            from core.db import Generator
+            from core.weights import check_generator_file
+
+            uploaded = run.session.get(Generator, job.generator_id)
+            if uploaded is None or uploaded.tenant_id != run.tenant_id:
+                raise SampleError(f"generator {job.generator_id}: no such uploaded generator")
+            try:
+                with run.store.open(uploaded.storage_key) as source, open(path, "wb") as out:
+                    shutil.copyfileobj(source, out)
+            except ObjectNotFound:
+                raise SampleError(f"generator {uploaded.id}: its weights are missing from the store") from None
+            checked = check_generator_file(path, uploaded.config)  # WeightsError: FAILED as weights_error
+            if checked.sha256 != uploaded.sha256:
+                raise CheckpointError(f"generator {uploaded.id}: the stored weights are not the ones uploaded "
+                                      f"(sha256 {checked.sha256}, recorded {uploaded.sha256})")
+            sampler = Sampler.from_state(TrainConfig.from_dict(uploaded.config), path, device=device)
+        else:
+            try:
+                with run.store.open(generator_key(run.tenant_id, parent)) as source, open(path, "wb") as out:
+                    shutil.copyfileobj(source, out)
+            except ObjectNotFound:
+                raise SampleError(f"generator_job {parent}: has no exported generator (has it succeeded?)") from None
+            sampler = Sampler.from_file(path, device=device)
     chunks = []
     for start in range(0, len(seeds), GENERATE_CHUNK):
         if run.should_stop():
@@ -360,5 +581,5 @@ def _generate(run: _Attempt) -> None:
             raise FencedOut(f"job {run.job_id}: attempt {run.attempt} no longer holds it")
         chunks.append(sampler.images_for_seeds(seeds[start:start + GENERATE_CHUNK], truncation))
         run.heartbeat()
-    run.upload_bytes(grid_key(run.job_id), png_bytes(grid_image(torch.cat(chunks), nrow=nrow)))
+    run.upload_bytes(grid_key(run.tenant_id, run.job_id), png_bytes(grid_image(torch.cat(chunks), nrow=nrow)))
     run.finish(JobStatus.SUCCEEDED)

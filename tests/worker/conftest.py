@@ -9,6 +9,7 @@ is attached to the report of any test that fails.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -136,36 +137,62 @@ class WorkerProcess:
             time.sleep(0.2)
 
 
+def start_worker(settings: Settings, log_path: Path, queues: str = "train,generate", *, pool: str = "solo",
+                 beat: bool = False, env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> WorkerProcess:
+    """`celery -A worker.celery_app worker` as production runs it, in a process group of its own (so a
+    test can kill it with its pool children), reading its settings from the environment."""
+    full_env = {**os.environ, **_aws_env(),
+                "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+                "STORAGE_URL": settings.storage_url, "S3_ENDPOINT_URL": settings.s3_endpoint_url,
+                "DCGAN_DATA_DIR": str(settings.data_dir), "DCGAN_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                **(env or {})}
+    command_line = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues,
+                    "--pool", pool, "--concurrency", "1", "--loglevel", "INFO",
+                    "-n", f"test-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle",
+                    "--without-heartbeat"]
+    if beat:
+        command_line += ["-B", "-s", str(log_path.with_suffix(".beat-schedule"))]
+    command_line = command or command_line
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command_line, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    handle = WorkerProcess(process, log_path)
+    handle.wait_for_log(" ready.", WORKER_START_SECONDS)
+    return handle
+
+
+def stop_worker(handle: WorkerProcess) -> None:
+    if handle.process.poll() is None:
+        handle.process.terminate()
+        try:
+            handle.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(handle.process.pid, signal.SIGKILL)
+            handle.process.wait()
+    try:
+        os.killpg(handle.process.pid, signal.SIGKILL)  # any pool child or beat left behind
+    except ProcessLookupError:
+        pass
+
+
 @pytest.fixture(scope="module")
 def worker(settings, tmp_path_factory):
     """`celery -A worker.celery_app worker` on both queues, one job at a time, started once per module."""
-    log_path = tmp_path_factory.mktemp("worker-log") / "worker.log"
-    env = {**os.environ, **_aws_env(),
-           "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
-           "STORAGE_URL": settings.storage_url, "S3_ENDPOINT_URL": settings.s3_endpoint_url,
-           "DCGAN_DATA_DIR": str(settings.data_dir), "DCGAN_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command_line = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "train,generate",
-                    "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO", "-n", f"test-{uuid.uuid4().hex[:8]}@%h",
-                    "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command_line, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    handle = WorkerProcess(process, log_path)
+    handle = start_worker(settings, tmp_path_factory.mktemp("worker-log") / "worker.log")
     try:
-        handle.wait_for_log(" ready.", WORKER_START_SECONDS)
         yield handle
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_worker(handle)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    worker_process = getattr(item, "funcargs", {}).get("worker")
-    if report.failed and isinstance(worker_process, WorkerProcess):
-        report.sections.append(("celery worker log", worker_process.log()[-20000:]))
+    if report.failed:
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, WorkerProcess):
+                report.sections.append((f"celery worker log ({name})", value.log()[-20000:]))
+        for handle in getattr(item, "started_workers", []):
+            report.sections.append((f"celery worker log ({handle.log_path.name})", handle.log()[-20000:]))

@@ -14,6 +14,7 @@ import zipfile
 
 from PIL import Image
 
+from core.auth import create_key
 from web import create_app
 
 
@@ -47,9 +48,13 @@ def _download(client, path: str) -> bytes:
         return presigned.read()
 
 
-def test_upload_train_poll_download_generate(worker, settings):
+def test_upload_train_poll_download_generate(worker, settings, session_factory):
     app = create_app(settings)
     client = app.test_client()
+    with session_factory() as session:
+        _, key = create_key(session, "e2e")
+        session.commit()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
     uploaded = client.post("/v1/datasets", data={"file": (io.BytesIO(_zip_of_digits()), "digits.zip")},
                            content_type="multipart/form-data")
     assert uploaded.status_code == 201 and uploaded.json["num_images"] == 40

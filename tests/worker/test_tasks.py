@@ -19,7 +19,7 @@ from sqlalchemy import update
 from core import jobs
 from core.db import Job
 from core.settings import Settings, SettingsError
-from core.storage import checkpoint_key, generator_key, grid_key
+from core.storage import checkpoint_key, generator_key, grid_key, job_prefix
 
 FINISH_TIMEOUT = 120
 TINY = dict(img_size=32, img_channels=1, z_dim=8, g_channels=8, d_channels=8, batch_size=16, num_samples=16)
@@ -71,31 +71,32 @@ def trained_job(worker, celery_client, session_factory, tenant_id) -> uuid.UUID:
     return job_id
 
 
-def test_train_job_succeeds_with_its_artifacts_stored_and_recorded(worker, trained_job, session_factory, store):
+def test_train_job_succeeds_with_its_artifacts_stored_and_recorded(worker, trained_job, session_factory, store,
+                                                                   tenant_id):
     job = wait_finished(session_factory, trained_job)
     assert (job.status, job.error_type, job.error_detail) == ("succeeded", None, None)
     assert (job.progress["step"], job.progress["total_steps"]) == (20, 20)
-    assert job.checkpoint_key == checkpoint_key(trained_job, 20) and job.checkpoint_step == 20
+    assert job.checkpoint_key == checkpoint_key(tenant_id, trained_job, 20) and job.checkpoint_step == 20
 
     artifacts, _ = artifacts_and_events(session_factory, trained_job)
     assert set(artifacts) == {"grid.png", "generator.safetensors",
                               "checkpoints/step-0000010.pt", "checkpoints/step-0000020.pt",
                               "samples/step-0000005.png", "samples/step-0000010.png",
                               "samples/step-0000015.png", "samples/step-0000020.png"}
-    assert artifacts["generator.safetensors"][0] == generator_key(trained_job)
+    assert artifacts["generator.safetensors"][0] == generator_key(tenant_id, trained_job)
     for key, size, sha256, _step in artifacts.values():
         data = store.get_bytes(key)
         assert (len(data), hashlib.sha256(data).hexdigest()) == (size, sha256), key
     # The final grid is the last sample: 16 fixed-noise images, 8 to a row, 2 pixels of padding.
-    assert store.get_bytes(grid_key(trained_job)) == store.get_bytes(artifacts["samples/step-0000020.png"][0])
-    assert Image.open(io.BytesIO(store.get_bytes(grid_key(trained_job)))).size == (2 + 8 * 34, 2 + 2 * 34)
+    assert store.get_bytes(grid_key(tenant_id, trained_job)) == store.get_bytes(artifacts["samples/step-0000020.png"][0])
+    assert Image.open(io.BytesIO(store.get_bytes(grid_key(tenant_id, trained_job)))).size == (2 + 8 * 34, 2 + 2 * 34)
 
 
 def test_second_delivery_of_a_job_does_nothing(worker, trained_job, session_factory):
     job = wait_finished(session_factory, trained_job)
     _, events = artifacts_and_events(session_factory, trained_job)
     assert job.attempt == 1
-    assert events == [("queued", 0), ("claimed", 1), ("succeeded", 1)]
+    assert events == [("queued", 0), ("claimed", 1), ("started", 1), ("succeeded", 1)]
 
 
 def test_generate_jobs_with_the_same_seeds_give_byte_identical_grids(worker, trained_job, celery_client,
@@ -165,20 +166,20 @@ def test_cancelling_a_running_job_stops_it_and_keeps_its_last_checkpoint(worker,
     job = wait_finished(session_factory, job_id)
     assert (job.status, job.error_type) == ("cancelled", None)
     assert 0 < job.checkpoint_step < 400
-    assert job.checkpoint_key == checkpoint_key(job_id, job.checkpoint_step)
+    assert job.checkpoint_key == checkpoint_key(tenant_id, job_id, job.checkpoint_step)
     artifacts, events = artifacts_and_events(session_factory, job_id)
     key, size, sha256, step = artifacts[f"checkpoints/step-{job.checkpoint_step:07d}.pt"]
     data = store.get_bytes(key)
     assert (len(data), hashlib.sha256(data).hexdigest(), step) == (size, sha256, job.checkpoint_step)
-    assert [kind for kind, _ in events] == ["queued", "claimed", "cancel_requested", "cancelled"]
+    assert [kind for kind, _ in events] == ["queued", "claimed", "started", "cancel_requested", "cancelled"]
 
 
-def assert_same_generator(store, job_a: uuid.UUID, job_b: uuid.UUID) -> None:
+def assert_same_generator(store, tenant_id, job_a: uuid.UUID, job_b: uuid.UUID) -> None:
     """Same weights and metadata. Not the same bytes: safetensors writes metadata keys in hash order."""
     import torch
     from safetensors.torch import load
 
-    files = [store.get_bytes(generator_key(job_id)) for job_id in (job_a, job_b)]
+    files = [store.get_bytes(generator_key(tenant_id, job_id)) for job_id in (job_a, job_b)]
     headers = [json.loads(data[8:8 + struct.unpack("<Q", data[:8])[0]])["__metadata__"] for data in files]
     assert headers[0] == headers[1]
     weights = [load(data) for data in files]
@@ -186,44 +187,79 @@ def assert_same_generator(store, job_a: uuid.UUID, job_b: uuid.UUID) -> None:
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 
 
-def crashed_attempt(session_factory, job_id: uuid.UUID, checkpoint: str, step: int) -> None:
-    """Leave the job as a worker that died on attempt 1 after writing `checkpoint` would have."""
+def crashed_attempt(session_factory, job_id: uuid.UUID, checkpoints: dict[int, tuple[str, str]]) -> None:
+    """Leave the job as a worker that died on attempt 1 after recording `checkpoints` ({step: (key,
+    sha256)}) would have."""
+    newest = max(checkpoints)
     with session_factory() as session:
         session.execute(update(Job).where(Job.id == job_id).values(
-            status="running", attempt=1, worker="dead:1", checkpoint_key=checkpoint, checkpoint_step=step,
+            status="running", attempt=1, worker="dead:1", checkpoint_key=checkpoints[newest][0],
+            checkpoint_step=newest, lease_expires_at=datetime.now(timezone.utc) + timedelta(seconds=60)))
+        for step, (key, sha256) in checkpoints.items():
+            assert jobs.record_artifact(session, job_id, 1, key.split("/", 4)[4], key, 1, sha256,
+                                        "application/octet-stream", step=step)
+        session.execute(update(Job).where(Job.id == job_id).values(
             lease_expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
         session.commit()
+
+
+def copy_checkpoint(store, tenant_id, source_job, job_id, step: int) -> tuple[str, str]:
+    key = checkpoint_key(tenant_id, job_id, step)
+    data = store.get_bytes(checkpoint_key(tenant_id, source_job, step))
+    store.put_bytes(key, data)
+    return key, hashlib.sha256(data).hexdigest()
 
 
 def test_redelivered_job_resumes_from_its_checkpoint_to_the_same_generator(worker, trained_job, celery_client,
                                                                            session_factory, tenant_id, store):
     config = dict(TINY, steps=20, sample_every=5, checkpoint_every=10)
     job_id = create(session_factory, tenant_id, "train", config, {"dataset": "builtin:digits"})
-    key = checkpoint_key(job_id, 10)
-    store.put_bytes(key, store.get_bytes(checkpoint_key(trained_job, 10)))
-    crashed_attempt(session_factory, job_id, key, 10)
+    crashed_attempt(session_factory, job_id, {10: copy_checkpoint(store, tenant_id, trained_job, job_id, 10)})
     send(celery_client, job_id)
     job = wait_finished(session_factory, job_id)
     assert (job.status, job.attempt, job.checkpoint_step) == ("succeeded", 2, 20), job.error_detail
     _, events = artifacts_and_events(session_factory, job_id)
-    assert ("resumed", 2) in events and "notes" not in job.progress
+    assert ("resumed", 2) in events and ("resumed_from_step", 2) in events and "notes" not in job.progress
+    with session_factory() as session:
+        resumed = [e.detail for e in jobs.list_events(session, job_id) if e.kind == "resumed_from_step"]
+    assert resumed == [{"step": 10, "key": checkpoint_key(tenant_id, job_id, 10)}]
     # Resume is exact: 10 steps + resume + 10 steps is the uninterrupted 20-step run.
-    assert_same_generator(store, job_id, trained_job)
+    assert_same_generator(store, tenant_id, job_id, trained_job)
 
 
-def test_redelivered_job_with_a_corrupt_checkpoint_starts_over_and_says_so(worker, trained_job, celery_client,
-                                                                           session_factory, tenant_id, store):
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(worker, trained_job, celery_client,
+                                                                    session_factory, tenant_id, store):
     config = dict(TINY, steps=20, sample_every=5, checkpoint_every=10)
     job_id = create(session_factory, tenant_id, "train", config, {"dataset": "builtin:digits"})
-    key = checkpoint_key(job_id, 10)
-    store.put_bytes(key, b"not a checkpoint")
-    crashed_attempt(session_factory, job_id, key, 10)
+    older = copy_checkpoint(store, tenant_id, trained_job, job_id, 10)
+    newest_key, newest_sha = copy_checkpoint(store, tenant_id, trained_job, job_id, 20)
+    store.put_bytes(newest_key, b"flipped bits")  # the stored bytes no longer match the recorded sha256
+    crashed_attempt(session_factory, job_id, {10: older, 20: (newest_key, newest_sha)})
+    send(celery_client, job_id)
+    job = wait_finished(session_factory, job_id)
+    assert (job.status, job.attempt) == ("succeeded", 2), job.error_detail
+    assert any("does not match its recorded sha256" in note for note in job.progress["notes"])
+    with session_factory() as session:
+        resumed = [e.detail["step"] for e in jobs.list_events(session, job_id) if e.kind == "resumed_from_step"]
+    assert resumed == [10]
+    assert_same_generator(store, tenant_id, job_id, trained_job)
+
+
+def test_an_unloadable_checkpoint_starts_over_and_says_so(worker, trained_job, celery_client, session_factory,
+                                                         tenant_id, store):
+    config = dict(TINY, steps=20, sample_every=5, checkpoint_every=10)
+    job_id = create(session_factory, tenant_id, "train", config, {"dataset": "builtin:digits"})
+    key = checkpoint_key(tenant_id, job_id, 10)
+    store.put_bytes(key, b"not a checkpoint")  # recorded as such: the bytes match, but do not load
+    crashed_attempt(session_factory, job_id, {10: (key, hashlib.sha256(b"not a checkpoint").hexdigest())})
     send(celery_client, job_id)
     job = wait_finished(session_factory, job_id)
     assert (job.status, job.attempt, job.checkpoint_step) == ("succeeded", 2, 20), job.error_detail
     assert any("could not resume" in note for note in job.progress["notes"])
+    _, events = artifacts_and_events(session_factory, job_id)
+    assert ("started", 2) in events
     # Started from step 0 with the same seed: the same generator as the uninterrupted run.
-    assert_same_generator(store, job_id, trained_job)
+    assert_same_generator(store, tenant_id, job_id, trained_job)
 
 
 def test_an_attempt_fenced_out_mid_run_stops_without_writing_again(worker, celery_client, session_factory,
@@ -238,7 +274,7 @@ def test_an_attempt_fenced_out_mid_run_stops_without_writing_again(worker, celer
         artifacts = jobs.list_artifacts(session, job_id)
         assert (job.status, job.attempt, job.worker, job.finished_at) == ("running", 2, "successor:1", None)
         assert job.checkpoint_key is None and artifacts == []
-    assert store.list(f"jobs/{job_id}/") == []  # nothing uploaded over what the successor writes
+    assert store.list(job_prefix(tenant_id, job_id)) == []  # nothing uploaded over what the successor writes
 
 
 def test_a_bug_is_recorded_as_internal_error_and_raised(worker, celery_client, session_factory, tenant_id):
