@@ -17,13 +17,14 @@ def _compose() -> dict:
 
 def test_services_and_health_checks():
     services = _compose()["services"]
-    assert {"postgres", "redis", "minio", "minio-bucket", "api", "worker-gpu", "worker-cpu"} <= set(services)
+    assert {"postgres", "redis", "minio", "minio-bucket", "api", "worker-gpu", "worker-cpu", "reaper"} <= set(services)
     for name in ("postgres", "redis", "minio", "api"):
         assert "healthcheck" in services[name], name
     assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
     gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"] and gpu["driver"] == "nvidia"
     assert "dcgan db upgrade" in " ".join(services["api"]["command"])
+    assert services["reaper"]["command"] == ["dcgan", "reaper"]
 
 
 def test_platform_variables_are_the_ones_settings_reads():
@@ -36,7 +37,7 @@ def test_platform_variables_are_the_ones_settings_reads():
     read |= set(re.findall(r'env_int\(env, "([A-Z0-9_]+)"', source))
     for name in ("DATABASE_URL", "REDIS_URL", "STORAGE_URL", "S3_ENDPOINT_URL"):
         assert name in read and name in env, name
-    for worker in ("worker-gpu", "worker-cpu"):
+    for worker in ("worker-gpu", "worker-cpu", "reaper"):
         assert {k: v for k, v in services[worker]["environment"].items() if k in env} == env
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -25,13 +26,16 @@ def _free_port() -> int:
 
 
 class Api:
-    def __init__(self, base: str):
+    def __init__(self, base: str, key: str = ""):
         self.base = base
+        self.key = key
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict, bytes]:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"} if data else {})
+        headers = {"Authorization": f"Bearer {self.key}"}
+        if data:
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status, dict(response.headers), response.read()
@@ -74,6 +78,11 @@ def platform(tmp_path_factory):
         time.sleep(0.5)
     else:
         pytest.fail("dcgan up did not become ready:\n" + (data_dir / "up.log").read_text())
+    # The key `dcgan up` made on its first start: only its owner may read the file, and it was printed.
+    key_file = data_dir / "api-key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    api.key = key_file.read_text().strip()
+    assert api.key.startswith("dcg_") and api.key in (data_dir / "up.log").read_text()
     yield api, data_dir
     process.send_signal(2)  # Ctrl-C
     try:
@@ -100,7 +109,7 @@ def _upload_zip(api: Api) -> str:
             Image.fromarray((digit * 255 / 16).astype("uint8"), mode="L").save(png, format="PNG")
             archive.writestr(f"{index:03d}.png", png.getvalue())
     response = requests.post(f"{api.base}/v1/datasets", files={"file": ("digits.zip", buffer.getvalue())},
-                             timeout=60)
+                             headers={"Authorization": f"Bearer {api.key}"}, timeout=60)
     assert response.status_code == 201, response.text
     assert response.json()["num_images"] == 64
     return response.json()["id"]
@@ -151,6 +160,16 @@ def test_train_poll_grid_generate(platform):
     assert grids[0] == grids[1] and grids[0].startswith(b"\x89PNG")
 
 
+def test_requests_need_the_key(platform):
+    api, _ = platform
+    anonymous = Api(api.base, key="dcg_" + "x" * 43)
+    status, headers, body = anonymous.request("GET", "/v1/jobs")
+    challenge = {name.lower(): value for name, value in headers.items()}["www-authenticate"]
+    assert status == 401 and challenge.startswith("Bearer")
+    assert json.loads(body)["type"] == "/problems/unauthorized"
+    assert api.request("GET", "/v1/jobs")[0] == 200
+
+
 def test_cancel_a_running_job_keeps_its_last_checkpoint(platform):
     api, _ = platform
     _, job = api.json("POST", "/v1/jobs/train", {"dataset": "builtin:digits", "config": {
@@ -169,3 +188,34 @@ def test_cancel_a_running_job_keeps_its_last_checkpoint(platform):
     _, listing = api.json("GET", f"/v1/jobs/{job['id']}/artifacts")
     assert any(a["name"].startswith("checkpoints/") for a in listing["artifacts"])
     assert api.json("POST", f"/v1/jobs/{job['id']}/cancel")[0] == 409
+
+
+def test_the_cli_finds_the_api_and_its_key(platform):
+    """`dcgan jobs ...` against the running platform, with the key from <data-dir>/api-key."""
+    api, data_dir = platform
+    env = {k: v for k, v in os.environ.items() if k != "DCGAN_API_KEY"}
+    env.update(DCGAN_API_URL=api.base, DCGAN_DATA_DIR=str(data_dir))
+
+    def dcgan(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "core.cli", "jobs", *args], env=env, capture_output=True,
+                              text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+
+    submitted = dcgan("train", "--dataset", "builtin:digits", "--config", "img_size=32", "img_channels=1",
+                      "steps=100000", "z_dim=8", "g_channels=8", "d_channels=8")
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)
+    assert job["status"] == "queued" and job["config"]["steps"] == 100000 and job["config"]["z_dim"] == 8
+    cancelled = dcgan("cancel", job["id"])
+    assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["cancel_requested"] is True
+    got = dcgan("get", job["id"])
+    assert got.returncode == 0 and json.loads(got.stdout)["id"] == job["id"]
+    listed = dcgan("list", "--type", "train", "--limit", "50")
+    assert job["id"] in [j["id"] for j in json.loads(listed.stdout)["jobs"]]
+    api.wait(job["id"], {"cancelled"}, seconds=60)
+
+    missing = dcgan("get", "00000000-0000-0000-0000-000000000000")
+    assert missing.returncode == 2 and missing.stderr.startswith("dcgan jobs: 404 not-found")
+    bad = dcgan("train", "--dataset", "builtin:digits", "--config", "steps=0")
+    assert bad.returncode == 2 and "config.steps" in bad.stderr
+    env["DCGAN_API_KEY"] = "dcg_" + "x" * 43
+    assert "401 unauthorized" in dcgan("list").stderr
