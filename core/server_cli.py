@@ -39,6 +39,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                           "process uses one core, so give it one per core the API may use")
     api.add_argument("--threads", type=int, default=8, help="waitress threads per process")
     api.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # set by --processes
+    api.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)  # set by --processes
     sub.add_parser("worker", help="run a Celery worker for the train and generate queues")
     sub.add_parser("reaper", help="run Celery beat and the reaper (re-queues jobs whose worker died, re-sends "
                                   "lost messages) on the maintenance queue; one per deployment is enough")
@@ -172,7 +173,11 @@ def _api(args: argparse.Namespace) -> int:
     limit = app.config["SETTINGS"].max_upload_bytes + 1024 * 1024
     options = dict(threads=args.threads, max_request_body_size=limit)
     if args.listen_fd is not None:
-        waitress.serve(app, sockets=[socket.socket(fileno=args.listen_fd)], **options)
+        listener = socket.socket(fileno=args.listen_fd)
+        if args.ready_fd is not None:  # tell the parent this process is about to accept
+            os.write(args.ready_fd, b"1")
+            os.close(args.ready_fd)
+        waitress.serve(app, sockets=[listener], **options)
     else:
         print(f"API on http://{args.host}:{args.port}", flush=True)
         waitress.serve(app, host=args.host, port=args.port, **options)
@@ -187,11 +192,12 @@ def _serve_prefork(args: argparse.Namespace, processes: int) -> int:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((args.host, args.port))
     listener.listen(1024)
+    ready_read, ready_write = os.pipe()
     command = [sys.executable, "-P", "-m", "core.cli", "api", "--listen-fd", str(listener.fileno()),
-               "--threads", str(args.threads)]
-    children = [subprocess.Popen(command, pass_fds=(listener.fileno(),)) for _ in range(processes)]
+               "--threads", str(args.threads), "--ready-fd", str(ready_write)]
+    children = [subprocess.Popen(command, pass_fds=(listener.fileno(), ready_write)) for _ in range(processes)]
     listener.close()
-    print(f"API on http://{args.host}:{args.port} ({processes} processes x {args.threads} threads)", flush=True)
+    os.close(ready_write)
 
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
@@ -199,6 +205,14 @@ def _serve_prefork(args: argparse.Namespace, processes: int) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
+        # Announce the port only once every process has built its app: a client that connected earlier
+        # would keep all its connections on the first process ready.
+        with os.fdopen(ready_read, "rb") as ready:
+            if len(ready.read(processes)) < processes:
+                print("dcgan api: an API process exited before it was ready", file=sys.stderr)
+                return 1
+        print(f"API on http://{args.host}:{args.port} ({processes} processes x {args.threads} threads)",
+              flush=True)
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         failed = next(child for child in children if child.poll() is not None)
