@@ -1,0 +1,574 @@
+"""Load test of the API (issue 4, acceptance 9): 100 concurrent job submissions with 10% repeated
+Idempotency-Keys must make exactly 100 jobs, then 200 status polls per second must be held without errors.
+
+Phase 1 sends 110 POST /v1/jobs/train at once: 100 distinct Idempotency-Keys, 10 of them twice, each
+duplicate pair sent back to back so the two race. Each key has its own body (its own `seed`), and the run's
+seeds come from one random base, so the jobs this run made are found in GET /v1/jobs by seed (and, on the
+script's own database, counted there too). Phase 2 polls GET /v1/jobs/<id> across those jobs on an
+open-loop schedule: request i is sent at start + i/rate whether or not earlier ones have answered, and its
+latency is measured from that scheduled time, so a slow server shows up as latency rather than as a
+politely lowered request rate (no coordinated omission).
+
+The client is plain asyncio speaking HTTP/1.1 over keep-alive connections (no extra dependency). It prints
+its own CPU use, how late it sent, the API processes' CPU use and the machine's load average, so a run
+shows whether the client, the API or the machine was the limit. Exit status 0 only if both phases had no
+errors, exactly 100 jobs exist (10 answers marked as replays) and the poll rate was held (95%).
+
+Without --url it starts its own stack with `dcgan api --processes 2` (waitress; two processes, one per core
+of this machine, since one Python process is held to one core by the GIL): a
+fresh PostgreSQL database `dcgan_load_<random>` on the server at 127.0.0.1:5432 (or --database-url, kept),
+migrated, Redis db 13 of the machine's Redis (flushed before and after), a temporary local artifact store,
+an API key for tenant `load-test`, and the per-key rate limit and queued-job cap raised so the bench
+measures the API, not its limits. No worker runs: the jobs stay queued. --processes N / --threads T are
+passed to `dcgan api`. With --url and --key it loads an API that is already running (its limits apply).
+
+Run from the repo root:
+  .venv/bin/python bench/load_test.py                  # about a minute, `dcgan api --processes 2`
+  .venv/bin/python bench/load_test.py --processes 1    # one API process
+  .venv/bin/python bench/load_test.py --url http://127.0.0.1:8000 --key "$(cat var/api-key)"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import math
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # runnable as a script, like the other benchmarks
+
+ADMIN_URLS = ("postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+              "postgresql+psycopg://root@127.0.0.1:5432/postgres")
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
+# High enough that neither limit is reached by this bench (both must be positive integers).
+RAISED_LIMITS = {"DCGAN_RATE_LIMIT_PER_MINUTE": "100000000", "DCGAN_MAX_QUEUED_JOBS": "1000000"}
+TINY_CONFIG = {"steps": 5, "img_size": 32, "img_channels": 1}
+REQUEST_TIMEOUT_SECONDS = 30
+
+
+# ---------------------------------------------------------------------------------------------- client
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class Connection:
+    """One HTTP/1.1 keep-alive connection: one request at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+        self.used = False
+        self.open = True
+
+    async def request(self, head: bytes, body: bytes) -> Response:
+        self.used = True
+        self.writer.write(head + body)
+        await self.writer.drain()
+        status_line = await self.reader.readuntil(b"\r\n")
+        status = int(status_line.split(b" ", 2)[1])
+        headers: dict[str, str] = {}
+        while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            payload = await self.reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            payload = await self._chunked()
+        else:
+            payload = await self.reader.read()
+            self.open = False
+        if headers.get("connection", "").lower() == "close":
+            self.open = False
+        return Response(status, headers, payload)
+
+    async def _chunked(self) -> bytes:
+        parts = []
+        while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            parts.append(await self.reader.readexactly(size))
+            await self.reader.readexactly(2)
+        while await self.reader.readuntil(b"\r\n") != b"\r\n":  # trailers
+            pass
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self.open = False
+        self.writer.close()
+
+
+class Client:
+    """At most `max_connections` keep-alive connections to one server, reused across requests."""
+
+    def __init__(self, base_url: str, key: str | None, max_connections: int):
+        parts = urlsplit(base_url)
+        if parts.scheme != "http":
+            raise SystemExit(f"--url: only http:// is supported, got {base_url!r}")
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.prefix = parts.path.rstrip("/")
+        self.key = key
+        self.idle: list[Connection] = []
+        self.slots = asyncio.Semaphore(max_connections)
+
+    async def request(self, method: str, path: str, body: object = None,
+                      headers: dict[str, str] | None = None) -> Response:
+        payload = b"" if body is None else json.dumps(body).encode()
+        lines = [f"{method} {self.prefix}{path} HTTP/1.1", f"Host: {self.host}:{self.port}",
+                 f"Content-Length: {len(payload)}", "Accept: application/json"]
+        if body is not None:
+            lines.append("Content-Type: application/json")
+        if self.key:
+            lines.append(f"Authorization: Bearer {self.key}")
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        async with self.slots:
+            for _attempt in range(2):
+                connection = self.idle.pop() if self.idle else await self._connect()
+                reused = connection.used
+                try:
+                    response = await asyncio.wait_for(connection.request(head, payload),
+                                                      REQUEST_TIMEOUT_SECONDS)
+                except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                    connection.close()
+                    # A kept-alive connection the server closed while idle: send again on a new one, as
+                    # HTTP clients do; a failure on a fresh connection is the server's.
+                    nothing_read = not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial
+                    if reused and nothing_read:
+                        continue
+                    raise
+                except BaseException:
+                    connection.close()
+                    raise
+                if connection.open:
+                    self.idle.append(connection)
+                else:
+                    connection.close()
+                return response
+            raise ConnectionError("the server closed two connections in a row without answering")
+
+    async def _connect(self) -> Connection:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return Connection(reader, writer)
+
+    def close(self) -> None:
+        for connection in self.idle:
+            connection.close()
+        self.idle.clear()
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+@dataclass
+class Phase:
+    name: str
+    latencies_ms: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def record(self, outcome: str, latency_ms: float, ok: bool, detail: str = "") -> None:
+        self.statuses[outcome] = self.statuses.get(outcome, 0) + 1
+        self.latencies_ms.append(latency_ms)
+        if not ok:
+            self.errors.append(detail or outcome)
+
+    def summary(self) -> str:
+        ordered = sorted(self.latencies_ms)
+        p50, p95, p99 = (percentile(ordered, p) for p in (50, 95, 99))
+        outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items()))
+        return (f"{self.name}: {len(ordered)} requests ({outcomes}); latency ms p50 {p50:.1f}  "
+                f"p95 {p95:.1f}  p99 {p99:.1f}  max {ordered[-1]:.1f}; errors {len(self.errors)}")
+
+
+def percentile(ordered: list[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+async def timed(phase: Phase, request, expected: set[int], scheduled: float | None = None) -> Response | None:
+    """Run one request; latency from `scheduled` (open loop) or from now (closed loop)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time() if scheduled is None else scheduled
+    try:
+        response = await request
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+        phase.record(type(exc).__name__, (loop.time() - start) * 1000, False, f"{type(exc).__name__}: {exc}")
+        return None
+    ok = response.status in expected
+    detail = "" if ok else f"{response.status}: {response.body[:300].decode(errors='replace')}"
+    phase.record(str(response.status), (loop.time() - start) * 1000, ok, detail)
+    return response
+
+
+# ---------------------------------------------------------------------------------------------- phases
+
+async def submit_jobs(client: Client, jobs: int, repeated: int,
+                      seed_base: int) -> tuple[Phase, dict[str, str], int]:
+    """Phase 1: every request at once; duplicates of a key right after it.
+    Returns key -> job id, and how many answers said they were replays."""
+    phase = Phase("phase 1, submit")
+    run = uuid.uuid4().hex[:8]
+    sends = []
+    for i in range(jobs):
+        key = f"load-{run}-{i:03d}"
+        body = {"dataset": "builtin:digits", "config": {**TINY_CONFIG, "seed": seed_base + i}}
+        sends += [(key, body)] * (2 if i < repeated else 1)
+    responses = await asyncio.gather(*(
+        timed(phase, client.request("POST", "/v1/jobs/train", body, {"Idempotency-Key": key}),
+              {200, 201, 202})
+        for key, body in sends))
+    ids: dict[str, set[str]] = {}
+    replayed = 0
+    for (key, _), response in zip(sends, responses):
+        if response is not None and response.status < 300:
+            ids.setdefault(key, set()).add(response.json()["id"])
+            replayed += response.headers.get("idempotent-replayed") == "true"
+    for key, found in ids.items():
+        if len(found) != 1:
+            phase.errors.append(f"Idempotency-Key {key} answered with {len(found)} different jobs: "
+                                f"{sorted(found)}")
+    return phase, {key: sorted(found)[0] for key, found in ids.items()}, replayed
+
+
+async def count_listed(client: Client, seed_base: int, jobs: int) -> tuple[int, int]:
+    """(jobs of this run, all jobs) in GET /v1/jobs, following next_cursor."""
+    mine = total = 0
+    cursor = None
+    while True:
+        response = await client.request("GET", "/v1/jobs?limit=200" + (f"&cursor={cursor}" if cursor else ""))
+        if response.status != 200:
+            raise SystemExit(f"GET /v1/jobs answered {response.status}: {response.body[:300]!r}")
+        page = response.json()
+        total += len(page["jobs"])
+        mine += sum(seed_base <= job["config"].get("seed", -1) < seed_base + jobs for job in page["jobs"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            return mine, total
+
+
+async def poll_jobs(client: Client, job_ids: list[str], rate: float, seconds: float) -> tuple[Phase, dict]:
+    """Phase 2: GET /v1/jobs/<id> at `rate` per second for `seconds`, open loop."""
+    phase = Phase("phase 2, poll")
+    loop = asyncio.get_running_loop()
+    total = int(rate * seconds)
+    # Objects made so far (imports, phase 1) are never garbage: keep the collector from walking them
+    # again, which paused the schedule for hundreds of ms on a busy machine.
+    gc.collect()
+    gc.freeze()
+    cpu_before = time.process_time()
+    start = loop.time() + 0.05
+    tasks, lags = [], []
+    for i in range(total):
+        scheduled = start + i / rate
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lags.append(loop.time() - scheduled)
+        job_id = job_ids[i % len(job_ids)]
+        tasks.append(asyncio.create_task(timed(phase, client.request("GET", f"/v1/jobs/{job_id}"), {200},
+                                               scheduled)))
+    sent_seconds = loop.time() - start
+    await asyncio.gather(*tasks)
+    finished_seconds = loop.time() - start
+    stats = {"sent_per_second": total / sent_seconds, "answered_per_second": total / finished_seconds,
+             "worst_send_lag_ms": max(lags) * 1000, "worst_send_at": lags.index(max(lags)) / rate,
+             "late_sends": sum(lag > 0.05 for lag in lags),
+             "client_cpu_percent": 100 * (time.process_time() - cpu_before) / finished_seconds}
+    return phase, stats
+
+
+# ------------------------------------------------------------------------------------------- own stack
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return _process_cpu_seconds(pid) + sum(_tree_cpu_seconds(int(child)) for child in children)
+
+
+class Stack:
+    """The API under waitress on PostgreSQL, Redis and a local artifact store, torn down on exit."""
+
+    def __init__(self, database_url: str | None, redis_url: str, processes: int, threads: int):
+        self.given_database_url = database_url
+        self.processes, self.threads = processes, threads
+        self.redis_url = redis_url
+        self.directory = Path(tempfile.mkdtemp(prefix="dcgan-load-"))
+        self.admin = None
+        self.database_name: str | None = None
+        self.servers: list[subprocess.Popen] = []
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.key: str | None = None
+        self.database_url = ""
+
+    def __enter__(self) -> "Stack":
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
+        from sqlalchemy import create_engine
+
+        from core.server_cli import upgrade_database
+
+        if self.given_database_url:
+            self.database_url = self.given_database_url
+        else:
+            self.admin = self._admin_engine(create_engine)
+            self.database_name = f"dcgan_load_{uuid.uuid4().hex[:12]}"
+            with self.admin.connect() as connection:
+                connection.exec_driver_sql(f'CREATE DATABASE "{self.database_name}"')
+            url = self.admin.url.set(database=self.database_name)
+            self.database_url = url.render_as_string(hide_password=False)
+        upgrade_database(self.database_url)
+        self._flush_redis()
+        self.key = self._create_key()
+        env = {**os.environ, "DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url,
+               "DCGAN_DATA_DIR": str(self.directory), "STORAGE_URL": (self.directory / "artifacts").as_uri(),
+               **RAISED_LIMITS}
+        served = (f"`dcgan api --processes {self.processes} --threads {self.threads}` "
+                  f"({self.processes} process(es) x {self.threads} threads on one port)")
+        print(f"stack: PostgreSQL {self._shown(self.database_url)}, Redis {self.redis_url}, "
+              f"artifacts in {self.directory}; API under waitress, {served}, on {self.url}")
+        print("stack: limits raised so they are not what is measured: "
+              + ", ".join(f"{k}={v}" for k, v in RAISED_LIMITS.items()))
+        self.log_paths = [self.directory / "api.log"]
+        self._spawn([sys.executable, "-P", "-m", "core.cli", "api", "--port", str(self.port),
+                     "--processes", str(self.processes), "--threads", str(self.threads)], env, self.log_paths[0])
+        deadline = time.monotonic() + 90
+        while not self._serving():
+            if any(server.poll() is not None for server in self.servers) or time.monotonic() > deadline:
+                raise SystemExit(f"the API did not start:\n{self.server_log()[-4000:]}")
+            time.sleep(0.2)
+
+    def _serving(self) -> bool:
+        """`dcgan api` said "API on" and a status request gets an answer (the API processes built their apps)."""
+        if not all("API on" in path.read_text(errors="replace") for path in self.log_paths):
+            return False
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def _spawn(self, command: list[str], env: dict[str, str], log_path: Path, pass_fds=()) -> None:
+        with open(log_path, "wb") as log:
+            self.servers.append(subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log,
+                                                 stderr=subprocess.STDOUT, pass_fds=pass_fds))
+
+    def server_log(self) -> str:
+        return "\n".join(path.read_text(errors="replace") for path in self.log_paths if path.exists())
+
+    @staticmethod
+    def _shown(url: str) -> str:
+        from sqlalchemy import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+
+    @staticmethod
+    def _admin_engine(create_engine):
+        from sqlalchemy.exc import OperationalError
+
+        errors = []
+        for url in ADMIN_URLS:
+            engine = create_engine(url, isolation_level="AUTOCOMMIT")
+            try:
+                with engine.connect():
+                    return engine
+            except OperationalError as exc:
+                errors.append(f"{url}: {str(exc.orig).strip()}")
+                engine.dispose()
+        raise SystemExit("no PostgreSQL to create the bench database on (give --database-url):\n"
+                         + "\n".join(errors))
+
+    def _flush_redis(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            client.flushdb()  # this bench's own db number only
+        finally:
+            client.close()
+
+    def _create_key(self) -> str | None:
+        try:
+            from core.auth import create_key
+        except ImportError:  # before API keys existed every request acted for the default tenant
+            return None
+        from core.db import make_engine, make_session_factory
+
+        engine = make_engine(self.database_url)
+        try:
+            with make_session_factory(engine)() as session:
+                _, secret = create_key(session, "load-test")
+                session.commit()
+                return secret
+        finally:
+            engine.dispose()
+
+    def count_jobs(self) -> int:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.database_url)
+        try:
+            with engine.connect() as connection:
+                return connection.execute(text("SELECT count(*) FROM jobs")).scalar_one()
+        finally:
+            engine.dispose()
+
+    def cpu_seconds(self) -> float:
+        """CPU time of all API processes together (`dcgan api` and the processes it started)."""
+        return sum(_tree_cpu_seconds(server.pid) for server in self.servers)
+
+    def server_errors(self) -> str:
+        lines = self.server_log().splitlines()
+        return "\n".join(line for line in lines if "ERROR" in line or "Traceback" in line)[-2000:]
+
+    def __exit__(self, *_exc) -> None:
+        for server in self.servers:
+            if server.poll() is None:
+                server.terminate()
+        for server in self.servers:
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        if self.admin is not None:
+            if self.database_name:
+                with self.admin.connect() as connection:
+                    connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.database_name}" WITH (FORCE)')
+            self.admin.dispose()
+        try:
+            self._flush_redis()
+        except Exception as exc:  # the report is already printed; say why cleanup was partial
+            print(f"could not flush {self.redis_url}: {exc}", file=sys.stderr)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+async def run_phases(args: argparse.Namespace, url: str, key: str | None, stack: Stack | None) -> int:
+    client = Client(url, key, args.connections)
+    seed_base = random.randrange(1, 2**40) * 1000
+    repeated = round(args.jobs * args.repeat_fraction)
+    verdict = []
+    # The client, the API, PostgreSQL and Redis share this machine's cores with whatever else runs on it.
+    print("machine: {} cores, load average {:.2f} {:.2f} {:.2f} (1, 5, 15 min) before the run"
+          .format(os.cpu_count(), *os.getloadavg()))
+    try:
+        submitted, ids, replayed = await submit_jobs(client, args.jobs, repeated, seed_base)
+        print(submitted.summary())
+        for error in submitted.errors[:10]:
+            print(f"error: {error}", file=sys.stderr)
+        mine, listed = await count_listed(client, seed_base, args.jobs)
+        in_database = stack.count_jobs() if stack is not None else None
+        answered = len(set(ids.values()))
+        print(f"jobs: {args.jobs + repeated} submissions with {args.jobs} distinct Idempotency-Keys "
+              f"({repeated} sent twice) -> {answered} distinct job ids answered ({replayed} answers marked "
+              f"Idempotent-Replayed), {mine} of this run in GET /v1/jobs ({listed} listed in all)"
+              + (f", {in_database} rows in the jobs table" if in_database is not None else ""))
+        # On the script's own database nothing else made jobs, so every count must be exactly --jobs.
+        expected = {answered, mine} | ({listed, in_database} if stack is not None else set())
+        if expected != {args.jobs}:
+            verdict.append(f"not exactly {args.jobs} jobs")
+        if replayed != repeated:
+            verdict.append(f"{replayed} replayed answers, not {repeated}")
+        if not ids:
+            print("no job was created: nothing to poll", file=sys.stderr)
+            return 1
+
+        cpu_before, wall_before = (stack.cpu_seconds() if stack else 0.0), time.monotonic()
+        polled, stats = await poll_jobs(client, sorted(set(ids.values())), args.rate, args.seconds)
+        print(polled.summary())
+        server_cpu = ""
+        if stack is not None:
+            busy = (stack.cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
+            server_cpu = f", API server CPU {100 * busy:.0f}% of one core"
+        print(f"poll rate: target {args.rate:.0f}/s for {args.seconds:.0f} s; sent "
+              f"{stats['sent_per_second']:.1f}/s (worst send lag {stats['worst_send_lag_ms']:.1f} ms at "
+              f"{stats['worst_send_at']:.1f} s, {stats['late_sends']} sent over 50 ms late), "
+              f"answered {stats['answered_per_second']:.1f}/s; client CPU {stats['client_cpu_percent']:.0f}% "
+              f"of one core{server_cpu}; load average {os.getloadavg()[0]:.2f} after")
+    finally:
+        client.close()
+
+    errors = submitted.errors + polled.errors
+    for error in polled.errors[:10]:
+        print(f"error: {error}", file=sys.stderr)
+    if stack is not None and errors:
+        print(f"API log, errors:\n{stack.server_errors()}", file=sys.stderr)
+    if errors:
+        verdict.insert(0, f"{len(errors)} errors")
+    if stats["answered_per_second"] < 0.95 * args.rate:
+        verdict.append(f"poll rate not held ({stats['answered_per_second']:.1f}/s answered, "
+                       f"under 95% of {args.rate:.0f}/s)")
+    print("RESULT: " + ("PASS" if not verdict else "FAIL: " + "; ".join(verdict)))
+    return 1 if verdict else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="load this running API instead of starting one (with --key)")
+    parser.add_argument("--key", help="API key for --url")
+    parser.add_argument("--database-url", help="own stack: migrate and use this database (kept) instead of a "
+                                               "fresh dcgan_load_<random> on 127.0.0.1:5432 (dropped)")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
+                        help=f"own stack: broker and rate-limit Redis; its db is flushed before and after "
+                             f"(default {DEFAULT_REDIS_URL})")
+    parser.add_argument("--jobs", type=int, default=100, help="distinct jobs to submit (default 100)")
+    parser.add_argument("--repeat-fraction", type=float, default=0.1,
+                        help="share of Idempotency-Keys sent twice (default 0.1)")
+    parser.add_argument("--rate", type=float, default=200, help="status polls per second (default 200)")
+    parser.add_argument("--seconds", type=float, default=30, help="how long to poll (default 30)")
+    parser.add_argument("--connections", type=int, default=64,
+                        help="most keep-alive connections the client opens (default 64)")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="own stack: `dcgan api --processes N`, API processes sharing the port (default 2, "
+                             "one per core of this machine)")
+    parser.add_argument("--threads", type=int, default=8,
+                        help="own stack: waitress threads per API process (default 8, as `dcgan api`)")
+    args = parser.parse_args(argv)
+    if args.url:
+        print(f"target: {args.url} (its own rate limit and queued-job cap apply)")
+        return asyncio.run(run_phases(args, args.url, args.key, None))
+    if args.processes < 1 or args.threads < 1:
+        parser.error("--processes and --threads must be positive")
+    with Stack(args.database_url, args.redis_url, args.processes, args.threads) as stack:
+        return asyncio.run(run_phases(args, stack.url, stack.key, stack))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
