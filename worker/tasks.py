@@ -5,7 +5,7 @@ number, the fencing token every later write carries: a write that returns False 
 holds the job now, and this one stops at once without touching anything (`FencedOut`). Each state change
 is committed as soon as it is made, so the API sees progress, checkpoints and artifacts as they happen.
 
-While an attempt runs, a thread of its own extends its lease (`_LeaseKeeper`); if the process is killed or
+While an attempt runs, a thread of its own extends its lease (worker.attempt); if the process is killed or
 frozen the lease runs out and the reaper (core.reaper, the `dcgan.reap` task here) gives the job to a new
 attempt, which resumes from the newest checkpoint whose bytes still match their recorded sha256. A warm
 shutdown (SIGTERM) checkpoints, releases the lease and publishes the job again; a job past its runtime
@@ -34,33 +34,29 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
 import torch
 from celery import Celery, shared_task
 from celery.signals import worker_shutting_down
 from celery.utils.log import get_task_logger
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from core import jobs
-from core.db import Artifact, Job, JobStatus, JobType, make_engine, make_session_factory, utcnow
+from core.db import Artifact, JobStatus, JobType, make_engine, make_session_factory
 from core.gan.checkpoint import CheckpointError
 from core.gan.config import TrainConfig
 from core.gan.data import IMAGE_SUFFIXES, DataError, ImageSet, load_images
 from core.gan.errors import GanError
 from core.gan.sample import Sampler, SampleError, grid_image, parse_seeds, png_bytes
 from core.gan.train import Callbacks, Progress, train
-from core.queue import TASKS
 from core.reaper import reap_once
 from core.settings import Settings
-from core.storage import (ArtifactStore, ObjectNotFound, StorageError, checkpoint_key, dataset_prefix,
-                          generator_key, grid_key, job_prefix, open_store, sample_key)
+from core.storage import ObjectNotFound, checkpoint_key, dataset_prefix, generator_key, grid_key, open_store, sample_key
+
+from worker.attempt import Attempt, Context, FencedOut, StorageUnavailable, first_line
 
 log = get_task_logger(__name__)
-T = TypeVar("T")
 
 BUILTIN_DATASETS = ("digits", "fashion-mnist", "fake")
 # The job row is written at most this often while training: often enough for a live progress bar,
@@ -68,14 +64,6 @@ BUILTIN_DATASETS = ("digits", "fashion-mnist", "fake")
 SYNC_SECONDS = 1.0
 # Seeds rendered between two heartbeats of a generate job.
 GENERATE_CHUNK = 1024
-
-
-class FencedOut(Exception):
-    """This attempt no longer holds the job (its lease was taken over, or the job is gone): stop now."""
-
-
-class StorageUnavailable(Exception):
-    """The artifact store kept failing after every retry; the job goes back to the queue (an attempt)."""
 
 
 # Set when the worker begins a warm shutdown (SIGTERM, a deploy): the running job checkpoints, releases
@@ -88,31 +76,11 @@ def _on_worker_shutting_down(**_: Any) -> None:
     _shutdown.set()
 
 
-@dataclass(frozen=True)
-class _Context:
-    settings: Settings
-    session_factory: sessionmaker[Session]
-    store: ArtifactStore
-    app: Celery
-
-    def publish(self, job_type: str, job_id: uuid.UUID) -> None:
-        """Send the job's task message again (after a release); the reaper does it if this fails."""
-        name, queue = TASKS[job_type]
-        try:
-            self.app.send_task(name, args=[str(job_id)], queue=queue, retry=False)
-        except Exception as exc:
-            log.warning("job %s: could not publish it again (%s); the reaper will", job_id, exc)
-            return
-        with self.session_factory() as session:
-            jobs.mark_published(session, job_id)
-            session.commit()
-
-
-_context: _Context | None = None
+_context: Context | None = None
 _context_lock = threading.Lock()
 
 
-def _get_context(app: Celery) -> _Context:
+def _get_context(app: Celery) -> Context:
     """The process's engine and store, built on the first task (after a prefork worker has forked)."""
     global _context
     with _context_lock:
@@ -122,7 +90,7 @@ def _get_context(app: Celery) -> _Context:
             if threads:
                 torch.set_num_threads(int(threads))
             engine = make_engine(settings.database_url, idle_in_transaction_seconds=settings.lease_seconds)
-            _context = _Context(settings, make_session_factory(engine), open_store(settings), app)
+            _context = Context(settings, make_session_factory(engine), open_store(settings), app)
         return _context
 
 
@@ -140,186 +108,11 @@ def generate_task(self, job_id: str) -> None:
 def reap_task(self) -> None:
     """Celery beat's periodic reaper pass (core.reaper), on the `maintenance` queue."""
     context = _get_context(self.app)
-    report = reap_once(context.session_factory, _AppQueue(context), context.settings)
+    report = reap_once(context.session_factory, context, context.settings)
     log.info("reaper: requeued %s, published %s", len(report.requeued), len(report.published))
 
 
-class _AppQueue:
-    def __init__(self, context: _Context) -> None:
-        self.context = context
-
-    def enqueue(self, job_type: str, job_id: str) -> None:
-        name, queue = TASKS[job_type]
-        self.context.app.send_task(name, args=[job_id], queue=queue, retry=False)
-
-
-class _LeaseKeeper(threading.Thread):
-    """Extends the attempt's lease every third of its length, on a session of its own, for as long as
-    the attempt runs -- through dataset downloads, long steps and uploads alike. It stops extending when
-    the process is frozen or killed (so the lease runs out and the reaper hands the job on), and sets
-    `lost` when the database says this attempt no longer holds the job."""
-
-    def __init__(self, context: _Context, job_id: uuid.UUID, attempt: int) -> None:
-        super().__init__(name=f"lease-{job_id}", daemon=True)
-        self.context, self.job_id, self.attempt = context, job_id, attempt
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-
-    def run(self) -> None:
-        lease = self.context.settings.lease_seconds
-        with self.context.session_factory() as session:
-            while not self._stop.wait(max(lease / 3, 0.2)):
-                try:
-                    held = jobs.heartbeat(session, self.job_id, self.attempt, lease)
-                    session.commit()
-                except SQLAlchemyError as exc:  # the database is away: keep trying until the lease ends
-                    session.rollback()
-                    log.warning("job %s: heartbeat failed: %s", self.job_id, _first_line(exc))
-                    continue
-                if not held:
-                    self.lost.set()
-                    return
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.join(timeout=10)
-
-
-class _Attempt:
-    """One claimed attempt at a job: its session, its fencing token, and writes that stop when fenced."""
-
-    def __init__(self, context: _Context, session: Session, job_id: uuid.UUID, attempt: int) -> None:
-        self.context, self.session, self.job_id, self.attempt = context, session, job_id, attempt
-        self.store = context.store
-        job = self.job()
-        self.tenant_id, self.job_type = job.tenant_id, job.type
-        # The runtime limit counts from the job's first start, across attempts.
-        started = job.started_at or utcnow()
-        remaining = (started - utcnow()).total_seconds() + context.settings.max_job_seconds
-        self.deadline = time.monotonic() + remaining
-        self.lease = _LeaseKeeper(context, job_id, attempt)
-
-    def job(self) -> Job:
-        job = self.session.get(Job, self.job_id, populate_existing=True)
-        if job is None:
-            raise FencedOut(f"job {self.job_id} is gone")
-        return job
-
-    def write(self, transition: Callable[..., bool], *args: Any, **kwargs: Any) -> None:
-        """Run a fenced core.jobs transition and commit it; FencedOut when it no longer holds the job."""
-
-        def attempt_write() -> bool:
-            held = transition(self.session, self.job_id, self.attempt, *args, **kwargs)
-            if held:
-                self.session.commit()
-            return held
-
-        if not self.retry_db(attempt_write):
-            self.session.rollback()
-            raise FencedOut(f"job {self.job_id}: attempt {self.attempt} no longer holds it "
-                            f"({transition.__name__} refused)")
-
-    def retry_db(self, operation: Callable[[], T]) -> T:
-        """Run `operation`, waiting out a database that is briefly away (about a minute in all). Longer,
-        the error propagates, the lease runs out meanwhile, and the reaper gives the job to a later attempt
-        once the database is back."""
-        for pause in (*_DB_RETRY_PAUSES, None):
-            try:
-                return operation()
-            except OperationalError as exc:
-                self.session.rollback()
-                if pause is None:
-                    raise
-                log.warning("job %s: database unavailable (%s); retrying in %s s", self.job_id,
-                            _first_line(exc), pause)
-                time.sleep(pause)
-        raise AssertionError("unreachable")
-
-    def heartbeat(self, force: bool = False) -> None:
-        """The lease itself is kept by `_LeaseKeeper`; here the attempt learns that it was lost."""
-        if self.lease.lost.is_set():
-            raise FencedOut(f"job {self.job_id}: attempt {self.attempt} lost its lease")
-
-    def should_stop(self) -> bool:
-        def check() -> bool:
-            stop = jobs.should_stop(self.session, self.job_id, self.attempt)
-            self.session.commit()  # end the read transaction: the next check must see new commits
-            return stop
-
-        return self.retry_db(check)
-
-    def ensure_holds(self) -> None:
-        """Checked right before each upload, so a fenced-out attempt does not overwrite its successor's
-        objects in the store (its database writes are refused anyway)."""
-        self.heartbeat()
-        if self.should_stop() and not self.cancel_requested():
-            raise FencedOut(f"job {self.job_id}: attempt {self.attempt} no longer holds it")
-
-    def cancel_requested(self) -> bool:
-        job = self.retry_db(self.job)
-        return job.cancel_requested and job.attempt == self.attempt and job.status == JobStatus.RUNNING
-
-    def upload(self, key: str, path: Path, step: int | None = None) -> None:
-        self._record(self._put(lambda: self.store.put_file(key, path), key), step)
-
-    def upload_bytes(self, key: str, data: bytes) -> None:
-        self._record(self._put(lambda: self.store.put_bytes(key, data), key), None)
-
-    def _put(self, put: Callable[[], Any], key: str):
-        """Upload with retries and a growing pause: an S3 outage of up to half a minute costs nothing."""
-        for pause in (*UPLOAD_RETRY_PAUSES, None):
-            self.ensure_holds()
-            try:
-                return put()
-            except ObjectNotFound:
-                raise
-            except StorageError as exc:
-                if pause is None:
-                    raise StorageUnavailable(f"could not upload {key}: {exc}") from exc
-                log.warning("job %s: upload of %s failed (%s); retrying in %s s", self.job_id, key, exc, pause)
-                time.sleep(pause)
-
-    def _record(self, stored, step: int | None) -> None:
-        # Keys are <job prefix><name>; the name is what a user sees in the artifact list.
-        name = stored.key.removeprefix(job_prefix(self.tenant_id, self.job_id))
-        self.write(jobs.record_artifact, name, stored.key, stored.size, stored.sha256, stored.content_type,
-                   step=step)
-
-    def finish(self, status: str, error_type: str | None = None, detail: str | None = None) -> None:
-        self.write(jobs.finish_job, status, error_type, detail)
-
-    def fail(self, error_type: str, detail: str) -> None:
-        """Record FAILED; a fenced-out attempt has nothing left to record, which is not an error."""
-        self.session.rollback()  # the failure may have left the session mid-transaction
-        try:
-            self.finish(JobStatus.FAILED, error_type, detail)
-        except FencedOut:
-            log.warning("job %s: failed with %s, but attempt %s no longer holds it", self.job_id, error_type,
-                        self.attempt)
-
-    def release(self) -> None:
-        """Graceful stop: hand the job back to the queue now (not when the lease runs out) and ring the bell."""
-        self.session.rollback()
-        if jobs.release_lease(self.session, self.job_id, self.attempt):
-            self.session.commit()
-            log.info("job %s: released on shutdown; published again", self.job_id)
-            self.context.publish(self.job_type, self.job_id)
-
-    def requeue(self, error_type: str, detail: str) -> None:
-        self.session.rollback()
-        status = jobs.requeue_for_retry(self.session, self.job_id, self.attempt, error_type, detail)
-        self.session.commit()
-        if status == JobStatus.QUEUED:
-            self.context.publish(self.job_type, self.job_id)
-
-
-# A database write waits this long in all (about a default lease) before the attempt gives up.
-_DB_RETRY_PAUSES = (0.5, 1, 2, 4, 8, 16, 30)
-# Pauses between tries of one upload: 0.5 + 1 + 2 + 4 + 8 + 16 = 31.5 s of S3 outage absorbed.
-UPLOAD_RETRY_PAUSES = (0.5, 1, 2, 4, 8, 16)
-
-
-def _run_job(app: Celery, job_id_text: str, job_type: str, body: Callable[[_Attempt], None]) -> None:
+def _run_job(app: Celery, job_id_text: str, job_type: str, body: Callable[[Attempt], None]) -> None:
     context = _get_context(app)
     job_id = uuid.UUID(job_id_text)
     with context.session_factory() as session:
@@ -330,7 +123,7 @@ def _run_job(app: Celery, job_id_text: str, job_type: str, body: Callable[[_Atte
                      "worker); this delivery does nothing", job_id)
             return
         log.info("job %s: claimed as attempt %s", job_id, attempt)
-        run = _Attempt(context, session, job_id, attempt)
+        run = Attempt(context, session, job_id, attempt)
         run.lease.start()
         try:
             if run.job_type != job_type:
@@ -346,10 +139,10 @@ def _run_job(app: Celery, job_id_text: str, job_type: str, body: Callable[[_Atte
         except FloatingPointError as exc:
             run.fail("non_finite_loss", str(exc))
         except torch.cuda.OutOfMemoryError as exc:
-            run.fail("out_of_memory", _first_line(exc))
+            run.fail("out_of_memory", first_line(exc))
         except Exception as exc:
             try:
-                run.fail("internal_error", f"{type(exc).__name__}: {_first_line(exc)}")
+                run.fail("internal_error", f"{type(exc).__name__}: {first_line(exc)}")
             except Exception:
                 log.exception("job %s: could not record internal_error", job_id)
             raise
@@ -366,11 +159,6 @@ def _error_type(exc: GanError) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 # ----- train -----
 
 class _TrainHooks:
@@ -380,7 +168,7 @@ class _TrainHooks:
     going down) or "timeout" (the job's runtime limit); a fenced-out attempt raises FencedOut instead.
     """
 
-    def __init__(self, run: _Attempt, notes: list[str], resumed_from: Artifact | None) -> None:
+    def __init__(self, run: Attempt, notes: list[str], resumed_from: Artifact | None) -> None:
         self.run, self.notes, self.resumed_from = run, notes, resumed_from
         self.started = False  # the loop has begun stepping (so a CheckpointError is not about resuming)
         self.stop_reason: str | None = None
@@ -437,7 +225,7 @@ class _TrainHooks:
         self.run.write(jobs.set_checkpoint, key, step)
 
 
-def _train(run: _Attempt) -> None:
+def _train(run: Attempt) -> None:
     job = run.job()
     config = TrainConfig.from_dict(job.config)
     notes: list[str] = []
@@ -481,7 +269,7 @@ def _train(run: _Attempt) -> None:
         raise FencedOut(f"job {run.job_id}: stopped because attempt {run.attempt} no longer holds it")
 
 
-def _load_dataset(run: _Attempt, reference: Any, config: TrainConfig, folder: Path) -> ImageSet:
+def _load_dataset(run: Attempt, reference: Any, config: TrainConfig, folder: Path) -> ImageSet:
     """`builtin:<name>`, or a dataset id whose images are downloaded from the store into `folder`."""
     cache_dir = run.context.settings.data_dir / "cache" / "datasets"
     if not isinstance(reference, str) or not reference:
@@ -509,7 +297,7 @@ def _load_dataset(run: _Attempt, reference: Any, config: TrainConfig, folder: Pa
     return load_images(f"folder:{folder}", config.img_size, config.img_channels, cache_dir=cache_dir)
 
 
-def _fetch_checkpoint(run: _Attempt, artifact: Artifact, folder: Path, notes: list[str]) -> Path | None:
+def _fetch_checkpoint(run: Attempt, artifact: Artifact, folder: Path, notes: list[str]) -> Path | None:
     """A checkpoint a previous attempt recorded, downloaded and checked against its recorded sha256;
     None (and a note) when it is missing or its bytes are not the ones that were recorded."""
     path = folder / artifact.key.rsplit("/", 1)[-1]
@@ -534,7 +322,7 @@ def _fetch_checkpoint(run: _Attempt, artifact: Artifact, folder: Path, notes: li
 
 # ----- generate -----
 
-def _generate(run: _Attempt) -> None:
+def _generate(run: Attempt) -> None:
     job = run.job()
     request = job.request
     parent = job.parent_job_id or request.get("generator_job")

@@ -1,0 +1,236 @@
+"""One claimed attempt at a job, as the worker's tasks see it: its fencing token, its lease, and writes
+and uploads that stop the moment another attempt holds the job.
+
+`Attempt.write` runs a fenced core.jobs transition and commits it, raising `FencedOut` when the database
+refuses it; `Attempt.upload` checks the fence, then uploads with retries (`StorageUnavailable` when the
+store stays down), then records the artifact. `LeaseKeeper` renews the lease from a thread of its own.
+A database that is briefly away is waited out (`Attempt.retry_db`). Imports no torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from celery import Celery
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import jobs
+from core.db import Job, JobStatus, utcnow
+from core.queue import TASKS
+from core.settings import Settings
+from core.storage import ArtifactStore, ObjectNotFound, StorageError, job_prefix
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class FencedOut(Exception):
+    """This attempt no longer holds the job (its lease was taken over, or the job is gone): stop now."""
+
+
+class StorageUnavailable(Exception):
+    """The artifact store kept failing after every retry; the job goes back to the queue (an attempt)."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a worker process's tasks share: settings, database sessions, the artifact store and the app
+    (which publishes task messages: this is a core.queue.JobQueue for the reaper too)."""
+
+    settings: Settings
+    session_factory: sessionmaker[Session]
+    store: ArtifactStore
+    app: Celery
+
+    def enqueue(self, job_type: str, job_id: str) -> None:
+        name, queue = TASKS[job_type]
+        self.app.send_task(name, args=[job_id], queue=queue, retry=False)
+
+    def publish(self, job_type: str, job_id: uuid.UUID) -> None:
+        """Send the job's task message again (after a release); the reaper does it if this fails."""
+        try:
+            self.enqueue(job_type, str(job_id))
+        except Exception as exc:
+            log.warning("job %s: could not publish it again (%s); the reaper will", job_id, exc)
+            return
+        with self.session_factory() as session:
+            jobs.mark_published(session, job_id)
+            session.commit()
+
+
+class LeaseKeeper(threading.Thread):
+    """Extends the attempt's lease every third of its length, on a session of its own, for as long as
+    the attempt runs -- through dataset downloads, long steps and uploads alike. It stops extending when
+    the process is frozen or killed (so the lease runs out and the reaper hands the job on), and sets
+    `lost` when the database says this attempt no longer holds the job."""
+
+    def __init__(self, context: Context, job_id: uuid.UUID, attempt: int) -> None:
+        super().__init__(name=f"lease-{job_id}", daemon=True)
+        self.context, self.job_id, self.attempt = context, job_id, attempt
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        lease = self.context.settings.lease_seconds
+        with self.context.session_factory() as session:
+            while not self._stop.wait(max(lease / 3, 0.2)):
+                try:
+                    held = jobs.heartbeat(session, self.job_id, self.attempt, lease)
+                    session.commit()
+                except SQLAlchemyError as exc:  # the database is away: keep trying until the lease ends
+                    session.rollback()
+                    log.warning("job %s: heartbeat failed: %s", self.job_id, first_line(exc))
+                    continue
+                if not held:
+                    self.lost.set()
+                    return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=10)
+
+
+class Attempt:
+    """One claimed attempt at a job: its session, its fencing token, and writes that stop when fenced."""
+
+    def __init__(self, context: Context, session: Session, job_id: uuid.UUID, attempt: int) -> None:
+        self.context, self.session, self.job_id, self.attempt = context, session, job_id, attempt
+        self.store = context.store
+        job = self.job()
+        self.tenant_id, self.job_type = job.tenant_id, job.type
+        # The runtime limit counts from the job's first start, across attempts.
+        started = job.started_at or utcnow()
+        remaining = (started - utcnow()).total_seconds() + context.settings.max_job_seconds
+        self.deadline = time.monotonic() + remaining
+        self.lease = LeaseKeeper(context, job_id, attempt)
+
+    def job(self) -> Job:
+        job = self.session.get(Job, self.job_id, populate_existing=True)
+        if job is None:
+            raise FencedOut(f"job {self.job_id} is gone")
+        return job
+
+    def write(self, transition: Callable[..., bool], *args: Any, **kwargs: Any) -> None:
+        """Run a fenced core.jobs transition and commit it; FencedOut when it no longer holds the job."""
+
+        def attempt_write() -> bool:
+            held = transition(self.session, self.job_id, self.attempt, *args, **kwargs)
+            if held:
+                self.session.commit()
+            return held
+
+        if not self.retry_db(attempt_write):
+            self.session.rollback()
+            raise FencedOut(f"job {self.job_id}: attempt {self.attempt} no longer holds it "
+                            f"({transition.__name__} refused)")
+
+    def retry_db(self, operation: Callable[[], T]) -> T:
+        """Run `operation`, waiting out a database that is briefly away (about a minute in all). Longer,
+        the error propagates, the lease runs out meanwhile, and the reaper gives the job to a later attempt
+        once the database is back."""
+        for pause in (*DB_RETRY_PAUSES, None):
+            try:
+                return operation()
+            except OperationalError as exc:
+                self.session.rollback()
+                if pause is None:
+                    raise
+                log.warning("job %s: database unavailable (%s); retrying in %s s", self.job_id,
+                            first_line(exc), pause)
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def heartbeat(self, force: bool = False) -> None:
+        """The lease itself is kept by `LeaseKeeper`; here the attempt learns that it was lost."""
+        if self.lease.lost.is_set():
+            raise FencedOut(f"job {self.job_id}: attempt {self.attempt} lost its lease")
+
+    def should_stop(self) -> bool:
+        def check() -> bool:
+            stop = jobs.should_stop(self.session, self.job_id, self.attempt)
+            self.session.commit()  # end the read transaction: the next check must see new commits
+            return stop
+
+        return self.retry_db(check)
+
+    def ensure_holds(self) -> None:
+        """Checked right before each upload, so a fenced-out attempt does not overwrite its successor's
+        objects in the store (its database writes are refused anyway)."""
+        self.heartbeat()
+        if self.should_stop() and not self.cancel_requested():
+            raise FencedOut(f"job {self.job_id}: attempt {self.attempt} no longer holds it")
+
+    def cancel_requested(self) -> bool:
+        job = self.retry_db(self.job)
+        return job.cancel_requested and job.attempt == self.attempt and job.status == JobStatus.RUNNING
+
+    def upload(self, key: str, path: Path, step: int | None = None) -> None:
+        self._record(self._put(lambda: self.store.put_file(key, path), key), step)
+
+    def upload_bytes(self, key: str, data: bytes) -> None:
+        self._record(self._put(lambda: self.store.put_bytes(key, data), key), None)
+
+    def _put(self, put: Callable[[], Any], key: str):
+        """Upload with retries and a growing pause: an S3 outage of up to half a minute costs nothing."""
+        for pause in (*UPLOAD_RETRY_PAUSES, None):
+            self.ensure_holds()
+            try:
+                return put()
+            except ObjectNotFound:
+                raise
+            except StorageError as exc:
+                if pause is None:
+                    raise StorageUnavailable(f"could not upload {key}: {exc}") from exc
+                log.warning("job %s: upload of %s failed (%s); retrying in %s s", self.job_id, key, exc, pause)
+                time.sleep(pause)
+
+    def _record(self, stored, step: int | None) -> None:
+        # Keys are <job prefix><name>; the name is what a user sees in the artifact list.
+        name = stored.key.removeprefix(job_prefix(self.tenant_id, self.job_id))
+        self.write(jobs.record_artifact, name, stored.key, stored.size, stored.sha256, stored.content_type,
+                   step=step)
+
+    def finish(self, status: str, error_type: str | None = None, detail: str | None = None) -> None:
+        self.write(jobs.finish_job, status, error_type, detail)
+
+    def fail(self, error_type: str, detail: str) -> None:
+        """Record FAILED; a fenced-out attempt has nothing left to record, which is not an error."""
+        self.session.rollback()  # the failure may have left the session mid-transaction
+        try:
+            self.finish(JobStatus.FAILED, error_type, detail)
+        except FencedOut:
+            log.warning("job %s: failed with %s, but attempt %s no longer holds it", self.job_id, error_type,
+                        self.attempt)
+
+    def release(self) -> None:
+        """Graceful stop: hand the job back to the queue now (not when the lease runs out) and ring the bell."""
+        self.session.rollback()
+        if jobs.release_lease(self.session, self.job_id, self.attempt):
+            self.session.commit()
+            log.info("job %s: released on shutdown; published again", self.job_id)
+            self.context.publish(self.job_type, self.job_id)
+
+    def requeue(self, error_type: str, detail: str) -> None:
+        self.session.rollback()
+        status = jobs.requeue_for_retry(self.session, self.job_id, self.attempt, error_type, detail)
+        self.session.commit()
+        if status == JobStatus.QUEUED:
+            self.context.publish(self.job_type, self.job_id)
+
+
+# A database write waits this long in all (about a default lease) before the attempt gives up.
+DB_RETRY_PAUSES = (0.5, 1, 2, 4, 8, 16, 30)
+# Pauses between tries of one upload: 0.5 + 1 + 2 + 4 + 8 + 16 = 31.5 s of S3 outage absorbed.
+UPLOAD_RETRY_PAUSES = (0.5, 1, 2, 4, 8, 16)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
