@@ -299,14 +299,16 @@ def _up(args: argparse.Namespace) -> int:
         stop_reaper.set()
         if reaper is not None:
             reaper.join(timeout=15)
-        for child in reversed(list(children.values())):
+        # One at a time, newest first: the worker's running job checkpoints and hands itself back while
+        # Redis and the database are still there to take it.
+        for name, child in reversed(list(children.items())):
             if child.poll() is None:
                 child.terminate()
-        for child in children.values():
             try:
-                child.wait(timeout=15)
+                child.wait(timeout=60 if name == "worker" else 15)
             except subprocess.TimeoutExpired:
                 child.kill()
+                child.wait()
 
 
 def _start_reaper(settings, stop: threading.Event) -> threading.Thread:

@@ -75,12 +75,12 @@ class LeaseKeeper(threading.Thread):
         super().__init__(name=f"lease-{job_id}", daemon=True)
         self.context, self.job_id, self.attempt = context, job_id, attempt
         self.lost = threading.Event()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         lease = self.context.settings.lease_seconds
         with self.context.session_factory() as session:
-            while not self._stop.wait(max(lease / 3, 0.2)):
+            while not self._halt.wait(max(lease / 3, 0.2)):
                 try:
                     held = jobs.heartbeat(session, self.job_id, self.attempt, lease)
                     session.commit()
@@ -93,7 +93,7 @@ class LeaseKeeper(threading.Thread):
                     return
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
 

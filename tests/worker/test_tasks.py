@@ -77,6 +77,8 @@ def test_train_job_succeeds_with_its_artifacts_stored_and_recorded(worker, train
     assert (job.status, job.error_type, job.error_detail) == ("succeeded", None, None)
     assert (job.progress["step"], job.progress["total_steps"]) == (20, 20)
     assert job.checkpoint_key == checkpoint_key(tenant_id, trained_job, 20) and job.checkpoint_step == 20
+    worker.wait_for_log("succeeded in", timeout=30)
+    assert "raised unexpected" not in worker.log()  # the task itself ended cleanly, not just the job
 
     artifacts, _ = artifacts_and_events(session_factory, trained_job)
     assert set(artifacts) == {"grid.png", "generator.safetensors",
