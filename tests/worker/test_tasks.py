@@ -264,6 +264,30 @@ def test_an_unloadable_checkpoint_starts_over_and_says_so(worker, trained_job, c
     assert_same_generator(store, tenant_id, job_id, trained_job)
 
 
+def test_a_diverged_run_fails_as_non_finite_loss_and_is_not_retried(worker, trained_job, celery_client,
+                                                                    session_factory, tenant_id, store):
+    """A resumed attempt whose discriminator is all NaN: the job fails with its own reason at once, instead
+    of being handed to attempt after attempt."""
+    import torch
+
+    config = dict(TINY, steps=20, sample_every=5, checkpoint_every=10)
+    job_id = create(session_factory, tenant_id, "train", config, {"dataset": "builtin:digits"})
+    state = torch.load(io.BytesIO(store.get_bytes(checkpoint_key(tenant_id, trained_job, 10))), weights_only=True)
+    for tensor in state["D"].values():
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    key = checkpoint_key(tenant_id, job_id, 10)
+    store.put_bytes(key, buffer.getvalue())
+    crashed_attempt(session_factory, job_id, {10: (key, hashlib.sha256(buffer.getvalue()).hexdigest())})
+    send(celery_client, job_id)
+    job = wait_finished(session_factory, job_id)
+    assert (job.status, job.error_type, job.attempt) == ("failed", "non_finite_loss", 2), job.error_detail
+    _, events = artifacts_and_events(session_factory, job_id)
+    assert "requeued" not in [kind for kind, _ in events]
+
+
 def test_an_attempt_fenced_out_mid_run_stops_without_writing_again(worker, celery_client, session_factory,
                                                                   tenant_id, store):
     job_id = start_long_job(celery_client, session_factory, tenant_id)
