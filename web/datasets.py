@@ -1,8 +1,9 @@
 """/v1/datasets: upload an archive of images (multipart field `file`), list and read datasets.
 
 The archive is read member by member by core.archives (never extracted to disk), only decodable images
-are stored, under server-made names (`tenants/<tenant>/datasets/<id>/images/000001.png`), and the row is committed only
-after every image is in the artifact store: an upload that fails half-way leaves no dataset behind.
+are stored, under server-made names (`tenants/<tenant>/datasets/<id>/images/000001.png`), and the row is
+committed only after every image is in the artifact store: an upload that fails half-way leaves no dataset
+behind.
 An upload takes an Idempotency-Key (web.idempotency): sent again, it answers the first upload's dataset.
 """
 
@@ -68,7 +69,8 @@ def upload():
             store().delete(key)
         raise
     dataset = Dataset(id=dataset_id, tenant_id=tenant_id(), name=name, source="upload",
-                      storage_prefix=dataset_prefix(tenant_id(), dataset_id), num_images=len(images), num_rejected=rejected,
+                      storage_prefix=dataset_prefix(tenant_id(), dataset_id), num_images=len(images),
+                      num_rejected=rejected,
                       size_bytes=size, sha256=digest.hexdigest(), status="ready")
     db().add(dataset)
     try:

@@ -90,7 +90,8 @@ def test_train_job_succeeds_with_its_artifacts_stored_and_recorded(worker, train
         data = store.get_bytes(key)
         assert (len(data), hashlib.sha256(data).hexdigest()) == (size, sha256), key
     # The final grid is the last sample: 16 fixed-noise images, 8 to a row, 2 pixels of padding.
-    assert store.get_bytes(grid_key(tenant_id, trained_job)) == store.get_bytes(artifacts["samples/step-0000020.png"][0])
+    last_sample = store.get_bytes(artifacts["samples/step-0000020.png"][0])
+    assert store.get_bytes(grid_key(tenant_id, trained_job)) == last_sample
     assert Image.open(io.BytesIO(store.get_bytes(grid_key(tenant_id, trained_job)))).size == (2 + 8 * 34, 2 + 2 * 34)
 
 
