@@ -13,14 +13,13 @@ import hashlib
 import uuid
 
 from flask import Blueprint, current_app, request, url_for
-from sqlalchemy import select
 
 from core.archives import ArchiveError, Limits, archive_kind, read_images
 from core.db import Dataset
 from core.storage import StorageError, dataset_key, dataset_prefix
 
 from .idempotency import commit_created, idempotent
-from .platform import db, get_by_id, store, tenant_id
+from .platform import db, get_by_id, newest_of_tenant, store, tenant_id
 from .problems import Problem, validation_problem
 from .schemas import upload_name
 
@@ -87,9 +86,7 @@ def upload():
 
 @bp.get("")
 def list_():
-    rows = db().scalars(select(Dataset).where(Dataset.tenant_id == tenant_id())
-                        .order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(200))
-    return {"datasets": [dataset_json(d) for d in rows]}
+    return {"datasets": [dataset_json(d) for d in newest_of_tenant(Dataset)]}
 
 
 @bp.get("/<dataset_id>")

@@ -20,7 +20,6 @@ import uuid
 from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
-from sqlalchemy import select
 
 from core.db import Generator
 from core.gan.config import ConfigError, TrainConfig
@@ -28,7 +27,7 @@ from core.storage import uploaded_generator_key
 from core.weights import WeightsError, check_generator_weights
 
 from .idempotency import commit_created, idempotent
-from .platform import db, get_by_id, store, tenant_id
+from .platform import db, get_by_id, newest_of_tenant, store, tenant_id
 from .problems import Problem, validation_problem
 from .schemas import upload_name
 
@@ -111,9 +110,7 @@ def upload():
 
 @bp.get("")
 def list_():
-    rows = db().scalars(select(Generator).where(Generator.tenant_id == tenant_id())
-                        .order_by(Generator.created_at.desc(), Generator.id.desc()).limit(200))
-    return {"generators": [generator_json(row) for row in rows]}
+    return {"generators": [generator_json(row) for row in newest_of_tenant(Generator)]}
 
 
 @bp.get("/<generator_id>")

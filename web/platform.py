@@ -12,7 +12,7 @@ from typing import Callable, TypeVar
 
 from flask import Flask, current_app, g, request
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from core.db import make_engine, make_session_factory
@@ -106,6 +106,12 @@ def get_by_id(model: type[T], raw_id: str, belongs: Callable[[T], bool]) -> T | 
     except ValueError:
         return None
     return row if row is not None and belongs(row) else None
+
+
+def newest_of_tenant(model: type[T], limit: int = 200) -> list[T]:
+    """The request's tenant's rows of `model` (datasets, generators), newest first."""
+    return list(db().scalars(select(model).where(model.tenant_id == tenant_id())
+                             .order_by(model.created_at.desc(), model.id.desc()).limit(limit)))
 
 
 def tenant_id() -> uuid.UUID:
