@@ -72,6 +72,10 @@ class ArtifactStore(Protocol):
 
     def get_bytes(self, key: str) -> bytes: ...
 
+    def get_file(self, key: str, path: str | os.PathLike) -> StoredObject:
+        """Stream the object into the file at `path`; its size and sha256 as read. ObjectNotFound if absent
+        (and then no file is created)."""
+
     def exists(self, key: str) -> bool: ...
 
     def list(self, prefix: str = "") -> list[str]:
@@ -223,7 +227,8 @@ class _HashingReader:
 
 
 class _StoreMixin:
-    """What both backends share: put_file and put_bytes in terms of put_stream, get_bytes via open."""
+    """What both backends share: put_file and put_bytes in terms of put_stream, get_bytes and get_file via
+    open."""
 
     def put_file(self, key: str, path: str | os.PathLike, content_type: str | None = None) -> StoredObject:
         with open(path, "rb") as f:
@@ -235,6 +240,12 @@ class _StoreMixin:
     def get_bytes(self, key: str) -> bytes:
         with self.open(key) as f:
             return f.read()
+
+    def get_file(self, key: str, path: str | os.PathLike) -> StoredObject:
+        with self.open(key) as source, open(path, "wb") as out:
+            reader = _HashingReader(source)
+            shutil.copyfileobj(reader, out, _CHUNK)
+        return reader.stored(key, content_type_for(key))
 
 
 # -- local directory --------------------------------------------------------------------------------------

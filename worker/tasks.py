@@ -24,11 +24,9 @@ registers the tasks.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
-import shutil
 import socket
 import tempfile
 import threading
@@ -43,7 +41,7 @@ from celery.signals import worker_shutting_down
 from celery.utils.log import get_task_logger
 
 from core import jobs
-from core.db import Artifact, JobStatus, JobType, make_engine, make_session_factory
+from core.db import Artifact, Generator, JobStatus, JobType, make_engine, make_session_factory
 from core.gan.checkpoint import CheckpointError
 from core.gan.config import TrainConfig
 from core.gan.data import IMAGE_SUFFIXES, DataError, ImageSet, load_images
@@ -53,6 +51,7 @@ from core.gan.train import Callbacks, Progress, train
 from core.reaper import reap_once
 from core.settings import Settings
 from core.storage import ObjectNotFound, checkpoint_key, dataset_prefix, generator_key, grid_key, open_store, sample_key
+from core.weights import check_generator_file
 
 from worker.attempt import Attempt, Context, FencedOut, StorageUnavailable, first_line
 
@@ -291,8 +290,7 @@ def _load_dataset(run: Attempt, reference: Any, config: TrainConfig, folder: Pat
     for key in keys:
         target = folder / key[len(prefix):]
         target.parent.mkdir(parents=True, exist_ok=True)
-        with run.store.open(key) as source, open(target, "wb") as out:
-            shutil.copyfileobj(source, out)
+        run.store.get_file(key, target)
         run.heartbeat()
     return load_images(f"folder:{folder}", config.img_size, config.img_channels, cache_dir=cache_dir)
 
@@ -302,17 +300,13 @@ def _fetch_checkpoint(run: Attempt, artifact: Artifact, folder: Path, notes: lis
     None (and a note) when it is missing or its bytes are not the ones that were recorded."""
     path = folder / artifact.key.rsplit("/", 1)[-1]
     folder.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
     try:
-        with run.store.open(artifact.key) as source, open(path, "wb") as out:
-            for chunk in iter(lambda: source.read(1 << 20), b""):
-                digest.update(chunk)
-                out.write(chunk)
+        fetched = run.store.get_file(artifact.key, path)
     except ObjectNotFound:
         notes.append(f"checkpoint {artifact.key} is missing from the store, skipped")
         log.warning("job %s: %s", run.job_id, notes[-1])
         return None
-    if digest.hexdigest() != artifact.sha256:
+    if fetched.sha256 != artifact.sha256:
         notes.append(f"checkpoint {artifact.key} does not match its recorded sha256 (corrupt), skipped")
         log.warning("job %s: %s", run.job_id, notes[-1])
         path.unlink()
@@ -337,15 +331,11 @@ def _generate(run: Attempt) -> None:
         if job.generator_id is not None:
             # An uploaded generator (POST /v1/generators): checked at upload, checked again here because this
             # process is the one that loads it, and loaded with safetensors only -- nothing is unpickled.
-            from core.db import Generator
-            from core.weights import check_generator_file
-
             uploaded = run.session.get(Generator, job.generator_id)
             if uploaded is None or uploaded.tenant_id != run.tenant_id:
                 raise SampleError(f"generator {job.generator_id}: no such uploaded generator")
             try:
-                with run.store.open(uploaded.storage_key) as source, open(path, "wb") as out:
-                    shutil.copyfileobj(source, out)
+                run.store.get_file(uploaded.storage_key, path)
             except ObjectNotFound:
                 raise SampleError(f"generator {uploaded.id}: its weights are missing from the store") from None
             checked = check_generator_file(path, uploaded.config)  # WeightsError: FAILED as weights_error
@@ -355,8 +345,7 @@ def _generate(run: Attempt) -> None:
             sampler = Sampler.from_state(TrainConfig.from_dict(uploaded.config), path, device=device)
         else:
             try:
-                with run.store.open(generator_key(run.tenant_id, parent)) as source, open(path, "wb") as out:
-                    shutil.copyfileobj(source, out)
+                run.store.get_file(generator_key(run.tenant_id, parent), path)
             except ObjectNotFound:
                 raise SampleError(f"generator_job {parent}: has no exported generator (has it succeeded?)") from None
             sampler = Sampler.from_file(path, device=device)

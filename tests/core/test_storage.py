@@ -78,6 +78,17 @@ def test_put_file_streams_a_multi_mib_file(store, tmp_path):
         assert b"".join(iter(lambda: f.read(MiB), b"")) == data
 
 
+def test_get_file_streams_an_object_to_disk_with_its_hash(store, tmp_path):
+    data = write_random(tmp_path / "up.pt", 3 * MiB + 5)
+    stored = store.put_file("jobs/1/up.pt", tmp_path / "up.pt")
+    fetched = store.get_file("jobs/1/up.pt", tmp_path / "down.pt")
+    assert (fetched.size, fetched.sha256) == (stored.size, stored.sha256)
+    assert (tmp_path / "down.pt").read_bytes() == data
+    with pytest.raises(ObjectNotFound):
+        store.get_file("jobs/1/missing.pt", tmp_path / "missing.pt")
+    assert not (tmp_path / "missing.pt").exists()
+
+
 def test_large_file_goes_up_in_parts_and_arrives_intact(store, tmp_path):
     data = write_random(tmp_path / "big.pt", 12 * MiB + 5)
     stored = store.put_file("jobs/1/big.pt", tmp_path / "big.pt")
