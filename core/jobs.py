@@ -42,8 +42,8 @@ class BadCursor(ValueError):
 
 def create_job(session: Session, tenant_id: uuid.UUID, type: str, config: dict[str, Any],
                request: dict[str, Any], *, max_attempts: int = 3, dataset_id: uuid.UUID | None = None,
-               parent_job_id: uuid.UUID | None = None, idempotency_key: str | None = None,
-               now: datetime | None = None) -> Job:
+               parent_job_id: uuid.UUID | None = None, generator_id: uuid.UUID | None = None,
+               idempotency_key: str | None = None, now: datetime | None = None) -> Job:
     """Insert a queued job and its "queued" event."""
     now = now or utcnow()
     if type not in set(JobType):
@@ -52,7 +52,8 @@ def create_job(session: Session, tenant_id: uuid.UUID, type: str, config: dict[s
         raise ValueError(f"max_attempts: must be positive, got {max_attempts}")
     job = Job(id=uuid.uuid4(), tenant_id=tenant_id, type=type, status=JobStatus.QUEUED, config=config,
               request=request, progress={}, attempt=0, max_attempts=max_attempts, cancel_requested=False,
-              dataset_id=dataset_id, parent_job_id=parent_job_id, idempotency_key=idempotency_key,
+              dataset_id=dataset_id, parent_job_id=parent_job_id, generator_id=generator_id,
+              idempotency_key=idempotency_key,
               created_at=now, updated_at=now)
     session.add(job)
     session.flush()

@@ -29,7 +29,7 @@ from core.weights import WeightsError, check_generator_weights
 from .idempotency import commit_created, idempotent
 from .platform import db, get_by_id, newest_of_tenant, store, tenant_id
 from .problems import Problem, validation_problem
-from .schemas import upload_name
+from .schemas import config_errors, upload_name
 
 bp = Blueprint("generators", __name__, url_prefix="/v1/generators")
 FORM_FIELDS = {"config", "name"}
@@ -54,8 +54,7 @@ def parse_generator_config(raw: str) -> tuple[TrainConfig | None, list[dict[str,
     try:
         return TrainConfig.from_dict(document), []
     except ConfigError as exc:
-        return None, [{"field": f"config.{e.field}" if e.field != "config" else "config", "message": e.message}
-                      for e in exc.all]
+        return None, config_errors(exc)
 
 
 @bp.post("")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
-from .problems import Problem
+from .problems import UNAVAILABLE_RETRY_AFTER_SECONDS, Problem
 from .schemas import openapi_document
 
 bp = Blueprint("health", __name__)
@@ -29,8 +29,8 @@ def readyz():
         except Exception as exc:  # each check's failure is reported by name, not raised
             failures[name] = f"{exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
     if failures:
-        raise Problem(503, f"not ready: {', '.join(sorted(failures))} unavailable", headers={"Retry-After": "5"},
-                      checks=failures)
+        raise Problem(503, f"not ready: {', '.join(sorted(failures))} unavailable", checks=failures,
+                      headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)})
     return jsonify(status="ready")
 
 

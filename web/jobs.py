@@ -21,6 +21,7 @@ from core import jobs
 from core.db import Dataset, Job, JobStatus, JobType
 from core.gan.seeds import SampleError, parse_seeds
 
+from .generators import visible_generator
 from .idempotency import commit_created, idempotency_key, idempotent
 from .platform import db, get_by_id, queue, tenant_id
 from .problems import Problem, validation_problem
@@ -136,8 +137,6 @@ def create_generate():
     nrow = body.get("nrow", 8)
     if not isinstance(nrow, int) or isinstance(nrow, bool) or not 1 <= nrow <= 64:
         errors.append({"field": "nrow", "message": "must be an integer from 1 to 64"})
-    from .generators import visible_generator
-
     parent = uploaded = None
     if ("generator" in body) == ("generator_job" in body):
         errors.append({"field": "generator", "message": "give exactly one of generator (an uploaded generator's "
@@ -153,8 +152,8 @@ def create_generate():
     sampling = {"seeds": seeds, "truncation": float(truncation), "nrow": nrow}
     if uploaded is not None:
         job = jobs.create_job(db(), tenant_id(), JobType.GENERATE, uploaded.config,
-                              {"generator": str(uploaded.id), **sampling}, max_attempts=_max_attempts())
-        job.generator_id = uploaded.id
+                              {"generator": str(uploaded.id), **sampling}, generator_id=uploaded.id,
+                              max_attempts=_max_attempts())
         return _accepted(job)
     assert parent is not None
     request_doc = {"generator_job": str(parent.id), **sampling}

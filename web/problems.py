@@ -17,8 +17,8 @@ from werkzeug.exceptions import HTTPException
 from .platform import database_unavailable
 
 PROBLEM_JSON = "application/problem+json"
-# What a 503 for an unreachable database tells clients to wait (the same as /readyz's).
-DATABASE_RETRY_AFTER_SECONDS = 5
+# What a 503 (an unreachable database, or /readyz not ready) tells clients to wait.
+UNAVAILABLE_RETRY_AFTER_SECONDS = 5
 log = logging.getLogger(__name__)
 
 # status -> (type slug, title) for the errors werkzeug raises itself
@@ -88,7 +88,7 @@ def register_error_handlers(app: Flask) -> None:
                         (str(exc).splitlines() or [""])[0][:200])
             return problem_response(Problem(
                 503, "the database is unavailable; retry later", slug="database-unavailable",
-                title="Database unavailable", headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)}))
+                title="Database unavailable", headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)}))
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(Problem(500, "internal error; it has been logged", slug="internal",
                                         title="Internal server error"))

@@ -103,6 +103,12 @@ def check_fields(body: dict[str, Any], schema: dict[str, Any]) -> list[dict[str,
     return errors
 
 
+def config_errors(exc: ConfigError) -> list[dict[str, str]]:
+    """Every problem of a config as field errors named `config.<field>`."""
+    return [{"field": f"config.{e.field}" if e.field != "config" else "config", "message": e.message}
+            for e in exc.all]
+
+
 def parse_train_request(body: dict[str, Any],
                         dataset_exists: Callable[[str], bool] = lambda _: False) -> tuple[str, TrainConfig]:
     """The dataset reference and the validated config; every bad field is reported in one 422."""
@@ -119,8 +125,7 @@ def parse_train_request(body: dict[str, Any],
         try:
             config = TrainConfig.from_dict(body["config"])
         except ConfigError as exc:
-            errors += [{"field": f"config.{e.field}" if e.field != "config" else "config", "message": e.message}
-                       for e in exc.all]
+            errors += config_errors(exc)
     if errors:
         raise validation_problem(errors)
     assert config is not None and isinstance(dataset, str)
