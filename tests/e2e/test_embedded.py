@@ -56,6 +56,17 @@ class Api:
         raise AssertionError(f"job {job_id} still {job['status']} after {seconds} s")
 
 
+def _wait_for_text(path: Path, text: str, process: subprocess.Popen, seconds: float) -> str:
+    deadline = time.monotonic() + seconds
+    while True:
+        content = path.read_text()
+        if text in content:
+            return content
+        assert process.poll() is None, content
+        assert time.monotonic() < deadline, f"{text!r} not printed within {seconds} s:\n{content}"
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("platform")
@@ -82,7 +93,11 @@ def platform(tmp_path_factory):
     key_file = data_dir / "api-key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     api.key = key_file.read_text().strip()
-    assert api.key.startswith("dcg_") and api.key in (data_dir / "up.log").read_text()
+    assert api.key.startswith("dcg_")
+    # /readyz answers as soon as the API process listens; `dcgan up` prints its banner (with the key) only
+    # after it has seen that port open itself, a moment later.
+    banner = _wait_for_text(data_dir / "up.log", "dcgan-platform is up", process, seconds=30)
+    assert api.key in banner
     yield api, data_dir
     process.send_signal(2)  # Ctrl-C
     try:
