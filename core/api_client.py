@@ -41,6 +41,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--dataset", required=True, help="a dataset id or builtin:digits, builtin:fake, ...")
     train.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                        help="config fields (JSON values: 32, true, 0.5; anything else is a string)")
+    train.add_argument("--max-runtime", type=int, metavar="SECONDS",
+                       help="fail the job as timeout (after a final checkpoint) past this; default and "
+                            "ceiling: the server's limit")
 
 
 def api_key(environ: Mapping[str, str]) -> str:
@@ -111,8 +114,10 @@ def run(args: argparse.Namespace) -> int:
         elif args.jobs_action == "cancel":
             answer = request("POST", f"/v1/jobs/{args.job_id}/cancel")
         else:
-            answer = request("POST", "/v1/jobs/train", {"dataset": args.dataset,
-                                                        "config": parse_config(args.config)})
+            body = {"dataset": args.dataset, "config": parse_config(args.config)}
+            if args.max_runtime is not None:
+                body["max_runtime_seconds"] = args.max_runtime
+            answer = request("POST", "/v1/jobs/train", body)
     except ClientError as error:
         print(f"dcgan jobs: {error}", file=sys.stderr)
         return 2

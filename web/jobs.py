@@ -100,10 +100,12 @@ def _check_queued_cap(tenant: uuid.UUID) -> None:
 @bp.post("/train")
 @idempotent
 def create_train():
-    dataset, config = parse_train_request(json_body(request), lambda ref: _dataset(ref) is not None)
+    dataset, config, runtime = parse_train_request(json_body(request), lambda ref: _dataset(ref) is not None,
+                                                   current_app.config["SETTINGS"].max_job_seconds)
     found = None if dataset.startswith("builtin:") else _dataset(dataset)
     dataset_id = found.id if found is not None else None
-    job = jobs.create_job(db(), tenant_id(), JobType.TRAIN, config.to_dict(), {"dataset": dataset},
+    job_request = {"dataset": dataset, **({"max_runtime_seconds": runtime} if runtime is not None else {})}
+    job = jobs.create_job(db(), tenant_id(), JobType.TRAIN, config.to_dict(), job_request,
                           dataset_id=dataset_id, max_attempts=_max_attempts())
     return _accepted(job)
 

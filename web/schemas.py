@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from flask import Request
 
@@ -45,6 +45,11 @@ TRAIN_JOB_REQUEST: dict[str, Any] = {
     "properties": {
         "dataset": {"type": "string", "description": f"a dataset id or one of {', '.join(BUILTIN_DATASETS)}"},
         "config": {"$ref": "#/components/schemas/TrainConfig"},
+        "max_runtime_seconds": {"type": "integer", "minimum": 1,
+                                "description": "this job's runtime limit, counted from its first start across "
+                                               "attempts; at most (and by default) the server's "
+                                               "DCGAN_MAX_JOB_SECONDS. Past it the job writes a final "
+                                               "checkpoint and ends failed with error type timeout"},
     },
 }
 
@@ -109,10 +114,22 @@ def config_errors(exc: ConfigError) -> list[dict[str, str]]:
             for e in exc.all]
 
 
-def parse_train_request(body: dict[str, Any],
-                        dataset_exists: Callable[[str], bool] = lambda _: False) -> tuple[str, TrainConfig]:
-    """The dataset reference and the validated config; every bad field is reported in one 422."""
+class TrainRequest(NamedTuple):
+    dataset: str
+    config: TrainConfig
+    max_runtime_seconds: int | None  # None: the server's limit
+
+
+def parse_train_request(body: dict[str, Any], dataset_exists: Callable[[str], bool] = lambda _: False,
+                        max_runtime_seconds: int = 24 * 3600) -> TrainRequest:
+    """The dataset reference, the validated config and the job's runtime limit (at most
+    `max_runtime_seconds`, the server's); every bad field is reported in one 422."""
     errors = check_fields(body, TRAIN_JOB_REQUEST)
+    runtime = body.get("max_runtime_seconds")
+    if "max_runtime_seconds" in body and (not isinstance(runtime, int) or isinstance(runtime, bool)
+                                          or not 1 <= runtime <= max_runtime_seconds):
+        errors.append({"field": "max_runtime_seconds",
+                       "message": f"must be an integer from 1 to {max_runtime_seconds} (the server's limit)"})
     dataset = body.get("dataset")
     if "dataset" in body and (not isinstance(dataset, str) or not dataset):
         errors.append({"field": "dataset", "message": "must be a dataset id or a builtin:<name>"})
@@ -129,7 +146,7 @@ def parse_train_request(body: dict[str, Any],
     if errors:
         raise validation_problem(errors)
     assert config is not None and isinstance(dataset, str)
-    return dataset, config
+    return TrainRequest(dataset, config, runtime)
 
 
 def openapi_document() -> dict[str, Any]:

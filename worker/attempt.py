@@ -97,6 +97,15 @@ class LeaseKeeper(threading.Thread):
         self.join(timeout=10)
 
 
+def runtime_limit(job_request: dict[str, Any] | None, server_limit: int) -> int:
+    """A job's runtime limit in seconds: its request's `max_runtime_seconds` when it gives a valid one,
+    never more than the server's limit now (which may have been lowered since the job was submitted)."""
+    asked = (job_request or {}).get("max_runtime_seconds")
+    if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+        return min(asked, server_limit)
+    return server_limit
+
+
 class Attempt:
     """One claimed attempt at a job: its session, its fencing token, and writes that stop when fenced."""
 
@@ -105,9 +114,11 @@ class Attempt:
         self.store = context.store
         job = self.job()
         self.tenant_id, self.job_type = job.tenant_id, job.type
-        # The runtime limit counts from the job's first start, across attempts.
+        # The runtime limit: the job's own (a train request's max_runtime_seconds) within the server's,
+        # counted from the job's first start, across attempts.
+        self.runtime_limit = runtime_limit(job.request, context.settings.max_job_seconds)
         started = job.started_at or utcnow()
-        remaining = (started - utcnow()).total_seconds() + context.settings.max_job_seconds
+        remaining = (started - utcnow()).total_seconds() + self.runtime_limit
         self.deadline = time.monotonic() + remaining
         self.lease = LeaseKeeper(context, job_id, attempt)
 

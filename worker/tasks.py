@@ -260,7 +260,7 @@ def _train(run: Attempt) -> None:
     elif hooks.stop_reason == "cancel":
         run.finish(JobStatus.CANCELLED)
     elif hooks.stop_reason == "timeout":
-        limit = run.context.settings.max_job_seconds
+        limit = run.runtime_limit
         run.finish(JobStatus.FAILED, "timeout", f"the job ran past its runtime limit of {limit} s at step "
                                                 f"{result.step} of {result.total_steps}; its last checkpoint "
                                                 f"and generator are kept")

@@ -216,10 +216,11 @@ def test_the_cli_finds_the_api_and_its_key(platform):
                               text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
 
     submitted = dcgan("train", "--dataset", "builtin:digits", "--config", "img_size=32", "img_channels=1",
-                      "steps=100000", "z_dim=8", "g_channels=8", "d_channels=8")
+                      "steps=100000", "z_dim=8", "g_channels=8", "d_channels=8", "--max-runtime", "600")
     assert submitted.returncode == 0, submitted.stderr
     job = json.loads(submitted.stdout)
     assert job["status"] == "queued" and job["config"]["steps"] == 100000 and job["config"]["z_dim"] == 8
+    assert job["request"]["max_runtime_seconds"] == 600
     cancelled = dcgan("cancel", job["id"])
     assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["cancel_requested"] is True
     got = dcgan("get", job["id"])

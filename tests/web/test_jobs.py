@@ -39,6 +39,20 @@ def test_bad_train_requests(api, redis_client):
     assert api.get("/v1/jobs").json["jobs"] == []
 
 
+def test_a_train_job_may_ask_for_a_shorter_runtime_limit_than_the_servers(api):
+    server_limit = api.application.config["SETTINGS"].max_job_seconds
+    job = api.post("/v1/jobs/train", json={**TRAIN, "max_runtime_seconds": 90}).json
+    assert job["request"] == {"dataset": "builtin:digits", "max_runtime_seconds": 90}
+    assert api.post("/v1/jobs/train", json={**TRAIN, "max_runtime_seconds": server_limit}).status_code == 202
+    assert "max_runtime_seconds" not in api.post("/v1/jobs/train", json=TRAIN).json["request"]  # the server's
+    for bad in (0, -5, server_limit + 1, 1.5, "60", True, None):
+        response = api.post("/v1/jobs/train", json={**TRAIN, "max_runtime_seconds": bad})
+        assert response.status_code == 422, bad
+        assert [e["field"] for e in response.json["errors"]] == ["max_runtime_seconds"], bad
+        assert str(server_limit) in response.json["errors"][0]["message"]
+    assert len(api.get("/v1/jobs").json["jobs"]) == 3
+
+
 @pytest.mark.parametrize("job_id", ["not-a-uuid", str(uuid.uuid4())])
 def test_unknown_job_is_404(api, job_id):
     for response in (api.get(f"/v1/jobs/{job_id}"), api.post(f"/v1/jobs/{job_id}/cancel"),

@@ -15,7 +15,7 @@ def client():
 
     @app.post("/train")
     def train():
-        dataset, config = parse_train_request(json_body(request))
+        dataset, config, _ = parse_train_request(json_body(request))
         return {"dataset": dataset, "steps": config.steps}
 
     return app.test_client()

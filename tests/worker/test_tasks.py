@@ -289,6 +289,32 @@ def test_a_diverged_run_fails_as_non_finite_loss_and_is_not_retried(worker, trai
     assert "requeued" not in [kind for kind, _ in events]
 
 
+def test_a_job_past_its_own_runtime_limit_checkpoints_and_fails_with_timeout(worker, celery_client, session_factory,
+                                                                            tenant_id, store, settings):
+    """`max_runtime_seconds` of the request, far below the worker's limit (DCGAN_MAX_JOB_SECONDS)."""
+    assert settings.max_job_seconds > 3600
+    config = dict(TINY, steps=100_000, sample_every=100_000, checkpoint_every=100_000)
+    job_id = create(session_factory, tenant_id, "train", config,
+                    {"dataset": "builtin:fake", "max_runtime_seconds": 2})
+    send(celery_client, job_id)
+    job = wait_finished(session_factory, job_id)
+    assert (job.status, job.error_type, job.attempt) == ("failed", "timeout", 1), job.error_detail
+    assert "runtime limit of 2 s" in job.error_detail
+    assert 0 < job.checkpoint_step < 100_000  # the final checkpoint, written at the stop
+    artifacts, _ = artifacts_and_events(session_factory, job_id)
+    assert {"generator.safetensors", "grid.png"} <= set(artifacts)
+
+
+@pytest.mark.parametrize(("request_", "limit"), [
+    ({"dataset": "x"}, 600), ({"max_runtime_seconds": 60}, 60), ({"max_runtime_seconds": 6000}, 600),
+    ({"max_runtime_seconds": 0}, 600), ({"max_runtime_seconds": True}, 600), ({"max_runtime_seconds": "5"}, 600),
+    (None, 600)])
+def test_runtime_limit_is_the_jobs_own_within_the_servers(request_, limit):
+    from worker.attempt import runtime_limit
+
+    assert runtime_limit(request_, 600) == limit
+
+
 def test_an_attempt_fenced_out_mid_run_stops_without_writing_again(worker, celery_client, session_factory,
                                                                   tenant_id, store):
     job_id = start_long_job(celery_client, session_factory, tenant_id)
