@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, DateTime, Engine, ForeignKey, Index,
-                        Integer, MetaData, String, Text, UniqueConstraint, create_engine, event, select)
+                        Integer, MetaData, String, Text, create_engine, event, select)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -165,7 +165,8 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint(_in("type", JobType), name="type"),
         CheckConstraint(_in("status", JobStatus), name="status"),
-        UniqueConstraint("tenant_id", "idempotency_key"),
+        # No unique constraint on (tenant_id, idempotency_key): the key is unique through its
+        # IdempotencyRecord, which expires; after that the same key may make a new job.
         # Newest-first listing per tenant; a B-tree scans backwards, so ascending columns serve DESC too.
         Index("ix_jobs_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
         # The reaper looks for running jobs whose lease has expired.
@@ -250,6 +251,8 @@ class IdempotencyRecord(Base):
     """The stored answer to a POST with an Idempotency-Key, replayed when the same request comes again."""
 
     __tablename__ = "idempotency_records"
+    # The reaper deletes records past their retention by age.
+    __table_args__ = (Index("ix_idempotency_records_created_at", "created_at"),)
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"),
                                                  primary_key=True)

@@ -5,7 +5,8 @@ Each pass (every `settings.reap_seconds`, from Celery beat's `dcgan.reap` task o
    queue, or fail with `worker_lost` once their attempts are spent (`core.jobs.requeue_expired`), and
    the re-queued ones are published at once;
 2. queued jobs that no worker has claimed for a while are published again (`core.jobs.due_for_publish`):
-   this is what survives a Redis restart or flush, and an API that could not reach the broker.
+   this is what survives a Redis restart or flush, and an API that could not reach the broker;
+3. Idempotency-Key records older than `settings.idempotency_hours` are deleted.
 
 Publishing may fail (the broker is down): the job stays queued with its old `published_at`, and a later
 pass tries again. Several reapers may run at once; every transition is a conditional UPDATE, so they
@@ -18,13 +19,14 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import jobs
-from core.db import Job
+from core.db import IdempotencyRecord, Job, utcnow
 from core.queue import JobQueue
 from core.settings import Settings
 
@@ -36,6 +38,7 @@ class ReapReport:
     requeued: list[uuid.UUID] = field(default_factory=list)
     published: list[uuid.UUID] = field(default_factory=list)
     publish_failures: int = 0
+    idempotency_records_deleted: int = 0
 
 
 def reap_once(session_factory: sessionmaker[Session], queue: JobQueue, settings: Settings) -> ReapReport:
@@ -59,10 +62,23 @@ def reap_once(session_factory: sessionmaker[Session], queue: JobQueue, settings:
             jobs.mark_published(session, job_id)
             session.commit()
             report.published.append(job_id)
-    if report.requeued or report.published or report.publish_failures:
-        log.info("reaper: requeued %d, published %d, publish failures %d", len(report.requeued),
-                 len(report.published), report.publish_failures)
+        report.idempotency_records_deleted = delete_expired_idempotency_records(session,
+                                                                                settings.idempotency_hours)
+        session.commit()
+    if report.requeued or report.published or report.publish_failures or report.idempotency_records_deleted:
+        log.info("reaper: requeued %d, published %d, publish failures %d, idempotency records deleted %d",
+                 len(report.requeued), len(report.published), report.publish_failures,
+                 report.idempotency_records_deleted)
     return report
+
+
+def delete_expired_idempotency_records(session: Session, hours: int, now: datetime | None = None) -> int:
+    """Delete the Idempotency-Key records made more than `hours` ago; how many went. The caller commits.
+
+    A client retrying within the window gets its first answer; after it, the key is free again."""
+    cutoff = (now or utcnow()) - timedelta(hours=hours)
+    result = session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < cutoff))
+    return result.rowcount or 0
 
 
 def run_reaper(session_factory: sessionmaker[Session], queue: JobQueue, settings: Settings,

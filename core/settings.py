@@ -46,6 +46,8 @@ class Settings:
     rate_limit_per_minute: int = 6000
     # Queued (not yet running) jobs a tenant may have before new submissions get 429.
     max_queued_jobs: int = 100
+    # An Idempotency-Key is answered from its record for at least this long; the reaper deletes it after.
+    idempotency_hours: int = 24
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -65,6 +67,7 @@ class Settings:
             republish_seconds=env_int(env, "DCGAN_REPUBLISH_SECONDS", cls.republish_seconds),
             rate_limit_per_minute=env_int(env, "DCGAN_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute),
             max_queued_jobs=env_int(env, "DCGAN_MAX_QUEUED_JOBS", cls.max_queued_jobs),
+            idempotency_hours=env_int(env, "DCGAN_IDEMPOTENCY_HOURS", cls.idempotency_hours),
         )
         return settings.with_defaults()
 

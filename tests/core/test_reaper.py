@@ -9,10 +9,10 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from core import jobs
-from core.db import Artifact, Job, utcnow
+from core.db import Artifact, IdempotencyRecord, Job, utcnow
 from core.queue import CeleryQueue
 from core.reaper import reap_once, run_reaper
 from core.settings import Settings
@@ -128,6 +128,14 @@ def test_reap_once_requeues_expired_leases_and_republishes_lost_messages(engine,
         # Right after: nothing is due again yet, so a second pass sends nothing new.
         assert reap_once(session_factory, queue, settings).published == []
         assert len(published(redis_client)) == 2
+        # Idempotency records: those past the retention go, the others stay.
+        for key, age in (("old", 25), ("recent", 23)):
+            session.add(IdempotencyRecord(tenant_id=tenant_id, key=key, request_hash="0" * 64, response_status=202,
+                                          response_body={}, created_at=now - timedelta(hours=age)))
+        session.commit()
+        assert reap_once(session_factory, queue, Settings(idempotency_hours=24)).idempotency_records_deleted == 1
+        session.expire_all()
+        assert [r.key for r in session.scalars(select(IdempotencyRecord))] == ["recent"]
     finally:
         queue.close()
 

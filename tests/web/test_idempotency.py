@@ -50,6 +50,30 @@ def test_a_repeated_request_replays_the_first_answer(api_app, api, redis_client)
         assert session.get(Job, uuid.UUID(first.json["id"])).idempotency_key == key
 
 
+def test_a_key_is_free_again_once_the_reaper_deletes_its_expired_record(api_app, api, redis_client):
+    from datetime import timedelta
+
+    from core.db import utcnow
+    from core.reaper import delete_expired_idempotency_records
+
+    key, other_key = _key(), _key()
+    first = api.post("/v1/jobs/train", json=TRAIN, headers={"Idempotency-Key": key}).json
+    with api_app.extensions["dcgan"]["sessions"]() as session:
+        assert delete_expired_idempotency_records(session, 24, now=utcnow() + timedelta(hours=23)) == 0
+        session.commit()
+    assert api.post("/v1/jobs/train", json=TRAIN, headers={"Idempotency-Key": key}).json == first  # replayed
+    with api_app.extensions["dcgan"]["sessions"]() as session:
+        session.add(IdempotencyRecord(tenant_id=api.tenant_id, key=other_key, request_hash="0" * 64,
+                                      response_status=202, response_body={},
+                                      created_at=utcnow() + timedelta(hours=2)))  # made later: kept
+        assert delete_expired_idempotency_records(session, 24, now=utcnow() + timedelta(hours=25)) == 1
+        session.commit()
+    again = api.post("/v1/jobs/train", json=TRAIN, headers={"Idempotency-Key": key})
+    assert again.status_code == 202 and "Idempotent-Replayed" not in again.headers
+    assert again.json["id"] != first["id"] and _count(api_app, Job) == 2
+    assert _count(api_app, IdempotencyRecord) == 2  # the new answer for `key`, and `other_key`'s
+
+
 def test_a_reused_key_with_another_request_is_422(api_app, api, redis_client, session_factory):
     key = _key()
     assert api.post("/v1/jobs/train", json=TRAIN, headers={"Idempotency-Key": key}).status_code == 202
