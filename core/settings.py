@@ -30,6 +30,9 @@ class Settings:
     storage_url: str = ""
     # S3-compatible endpoint (MinIO, moto); empty means AWS. Credentials come from boto3's usual variables.
     s3_endpoint_url: str = ""
+    # The endpoint that download links (presigned URLs) name, when clients reach S3 by another address than
+    # the servers do (docker-compose: the API reaches http://minio:9000, a browser http://localhost:9000).
+    s3_public_endpoint_url: str = ""
     # Uploads above this are answered 413 before the body is read.
     max_upload_bytes: int = 512 * 1024 * 1024
     # Longest a job may run; the broker's visibility timeout is set above it.
@@ -59,6 +62,7 @@ class Settings:
             redis_url=env.get("REDIS_URL", ""),
             storage_url=env.get("STORAGE_URL", ""),
             s3_endpoint_url=env.get("S3_ENDPOINT_URL", ""),
+            s3_public_endpoint_url=env.get("S3_PUBLIC_ENDPOINT_URL", ""),
             max_upload_bytes=env_int(env, "DCGAN_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
             max_job_seconds=env_int(env, "DCGAN_MAX_JOB_SECONDS", cls.max_job_seconds),
             max_attempts=env_int(env, "DCGAN_MAX_ATTEMPTS", cls.max_attempts),

@@ -381,10 +381,12 @@ class S3Store(_StoreMixin):
     `multipart_threshold` go up in parallel parts; a failed multipart upload is aborted, leaving nothing.
 
     `connect_timeout` and `max_attempts` apply to the client built here, not to a `client` passed in.
+    Presigned URLs name `public_endpoint_url` when given: a SigV4 signature covers the host, so a link that
+    clients reach by another address than the servers must be signed for that address (no request is sent).
     """
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, client=None, *,
-                 connect_timeout: float = 5.0, max_attempts: int = 3,
+                 public_endpoint_url: str | None = None, connect_timeout: float = 5.0, max_attempts: int = 3,
                  multipart_threshold: int = 16 * 1024 * 1024, multipart_chunksize: int = 8 * 1024 * 1024) -> None:
         from boto3.s3.transfer import TransferConfig
 
@@ -395,6 +397,10 @@ class S3Store(_StoreMixin):
         self.prefix = f"{validate_key(prefix)}/" if prefix else ""
         self.endpoint_url = endpoint_url or None
         self._client = client if client is not None else self._make_client(connect_timeout, max_attempts)
+        self.public_endpoint_url = public_endpoint_url or None
+        self._signer = self._client
+        if self.public_endpoint_url and self.public_endpoint_url != self.endpoint_url:
+            self._signer = self._make_client(connect_timeout, max_attempts, self.public_endpoint_url)
         # A one-pass source is buffered part by part in memory (see _HashingReader), so the threshold and
         # part size bound memory: at most the threshold for a single PUT, a few parts in flight otherwise.
         self._transfer = TransferConfig(multipart_threshold=multipart_threshold,
@@ -403,18 +409,19 @@ class S3Store(_StoreMixin):
     def __repr__(self) -> str:
         return f"S3Store({self._url('')!r}, endpoint_url={self.endpoint_url!r})"
 
-    def _make_client(self, connect_timeout: float, max_attempts: int):
+    def _make_client(self, connect_timeout: float, max_attempts: int, endpoint_url: str | None = None):
         import boto3
         from botocore.config import Config
 
+        endpoint_url = endpoint_url or self.endpoint_url
         config = Config(
             connect_timeout=connect_timeout,
             retries={"mode": "standard", "max_attempts": max_attempts},
             # MinIO and moto are reached by host name or IP, where bucket.host virtual addressing cannot resolve.
-            s3={"addressing_style": "path"} if self.endpoint_url else None,
+            s3={"addressing_style": "path"} if endpoint_url else None,
         )
         # A session of our own: boto3's default session is shared module state and not thread-safe to build.
-        return boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=config)
+        return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
 
     def _url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{key}"
@@ -493,7 +500,7 @@ class S3Store(_StoreMixin):
         if not 1 <= expires_seconds <= 7 * 24 * 3600:  # SigV4's limit
             raise StorageError(f"presigned URL for {key!r}: expires_seconds must be 1..604800, got {expires_seconds}")
         with self._errors("sign", key):
-            return self._client.generate_presigned_url(
+            return self._signer.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=expires_seconds)
 
     def check(self) -> None:
@@ -516,5 +523,6 @@ def open_store(settings: Settings) -> ArtifactStore:
             raise StorageError(f"STORAGE_URL: file URLs name a local path (file:///path), got {settings.storage_url!r}")
         return LocalStore(Path(unquote(url.path)))
     if url.scheme == "s3":
-        return S3Store(url.netloc, url.path, endpoint_url=settings.s3_endpoint_url or None)
+        return S3Store(url.netloc, url.path, endpoint_url=settings.s3_endpoint_url or None,
+                       public_endpoint_url=settings.s3_public_endpoint_url or None)
     raise StorageError(f"STORAGE_URL: must start with file:// or s3://, got {settings.storage_url!r}")

@@ -35,7 +35,7 @@ def test_platform_variables_are_the_ones_settings_reads():
     source = (ROOT / "core" / "settings.py").read_text()
     read = set(re.findall(r'env\.get\("([A-Z0-9_]+)"', source))
     read |= set(re.findall(r'env_int\(env, "([A-Z0-9_]+)"', source))
-    for name in ("DATABASE_URL", "REDIS_URL", "STORAGE_URL", "S3_ENDPOINT_URL"):
+    for name in ("DATABASE_URL", "REDIS_URL", "STORAGE_URL", "S3_ENDPOINT_URL", "S3_PUBLIC_ENDPOINT_URL"):
         assert name in read and name in env, name
     for worker in ("worker-gpu", "worker-cpu", "reaper"):
         assert {k: v for k, v in services[worker]["environment"].items() if k in env} == env
@@ -54,6 +54,9 @@ def test_services_agree_with_each_other():
     bucket = urlparse(env["STORAGE_URL"]).netloc
     assert f"local/{bucket}" in " ".join(services["minio-bucket"]["command"])
     assert urlparse(env["S3_ENDPOINT_URL"]).hostname == "minio" and urlparse(env["REDIS_URL"]).hostname == "redis"
+    # Presigned download links are signed for the address outside the compose network: MinIO's published port.
+    public = urlparse(env["S3_PUBLIC_ENDPOINT_URL"].removeprefix("${S3_PUBLIC_ENDPOINT_URL:-").removesuffix("}"))
+    assert public.hostname == "localhost" and f"{public.port}:9000" in services["minio"]["ports"]
 
 
 def test_image_ships_what_the_commands_need():

@@ -224,6 +224,29 @@ def test_presigned_url_downloads_the_bytes_on_s3_and_is_none_locally(store):
         assert response.headers["Content-Type"] == "image/png"
 
 
+def test_presigned_urls_name_the_public_endpoint_when_one_is_set(s3_client, s3_endpoint):
+    """The servers reach S3 at one address, clients at another (docker-compose: minio:9000 inside,
+    localhost:9000 outside): the link is signed for the public one, and works there."""
+    public = s3_endpoint.replace("127.0.0.1", "localhost")
+    bucket = f"public-{uuid.uuid4().hex[:12]}"
+    s3_client.create_bucket(Bucket=bucket)
+    store = S3Store(bucket, "artifacts/", client=s3_client, public_endpoint_url=public)
+    store.put_bytes("jobs/3/grid.png", b"png bytes")
+    url = store.presigned_url("jobs/3/grid.png", expires_seconds=60)
+    assert url.startswith(f"{public}/{bucket}/artifacts/jobs/3/grid.png?")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.read() == b"png bytes"
+    plain = S3Store(bucket, "artifacts/", client=s3_client).presigned_url("jobs/3/grid.png")
+    assert plain.startswith(f"{s3_endpoint}/{bucket}/")
+
+
+def test_open_store_passes_the_public_endpoint(s3_endpoint):
+    settings = Settings(storage_url="s3://bucket/prefix", s3_endpoint_url=s3_endpoint,
+                        s3_public_endpoint_url="http://downloads.example:9000").with_defaults()
+    store = open_store(settings)
+    assert store.presigned_url("k").startswith("http://downloads.example:9000/bucket/prefix/k?")
+
+
 def test_check_passes_on_a_working_store(store):
     store.check()
 
