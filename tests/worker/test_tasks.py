@@ -315,6 +315,32 @@ def test_runtime_limit_is_the_jobs_own_within_the_servers(request_, limit):
     assert runtime_limit(request_, 600) == limit
 
 
+def test_cuda_out_of_memory_fails_the_job_with_its_own_reason_and_is_not_retried(celery_client, session_factory,
+                                                                                store, settings, tenant_id,
+                                                                                monkeypatch):
+    """No GPU here, so the out-of-memory error is raised by a stand-in for the training body, run in this
+    process by the worker's own job runner against the real database and S3: what is tested is what the
+    worker makes of it."""
+    import torch
+
+    from worker import tasks
+    from worker.attempt import Context
+
+    monkeypatch.setattr(tasks, "_context", Context(settings, session_factory, store, celery_client))
+    job_id = create(session_factory, tenant_id, "train", dict(TINY, steps=5), {"dataset": "builtin:digits"})
+
+    def out_of_memory(run) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\n(details)")
+
+    tasks._run_job(celery_client, str(job_id), "train", out_of_memory)
+    tasks._run_job(celery_client, str(job_id), "train", out_of_memory)  # a redelivery: not claimable
+    job = wait_finished(session_factory, job_id)
+    assert (job.status, job.error_type, job.attempt) == ("failed", "out_of_memory", 1)
+    assert job.error_detail == "CUDA out of memory. Tried to allocate 20.00 GiB"
+    _, events = artifacts_and_events(session_factory, job_id)
+    assert [kind for kind, _ in events] == ["queued", "claimed", "failed"]
+
+
 def test_an_attempt_fenced_out_mid_run_stops_without_writing_again(worker, celery_client, session_factory,
                                                                   tenant_id, store):
     job_id = start_long_job(celery_client, session_factory, tenant_id)
