@@ -47,6 +47,10 @@ def make_celery(settings: Settings, threads: int | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         # One job at a time per process: a prefetched message would wait behind a long training run.
         worker_prefetch_multiplier=1,
+        # The solo pool runs the job in the process that gets SIGTERM, so a deploy makes it checkpoint and
+        # hand the job back at once; a prefork child would not hear the signal, and the job would wait out
+        # its lease. A plain `celery -A worker.celery_app worker` gets it too; --pool still overrides it.
+        worker_pool="solo",
         task_queues=[Queue(TRAIN_QUEUE), Queue(GENERATE_QUEUE), Queue(MAINTENANCE_QUEUE)],
         task_default_queue=TRAIN_QUEUE,
         task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE}, GENERATE_TASK: {"queue": GENERATE_QUEUE},

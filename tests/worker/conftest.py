@@ -137,18 +137,19 @@ class WorkerProcess:
             time.sleep(0.2)
 
 
-def start_worker(settings: Settings, log_path: Path, queues: str = "train,generate", *, pool: str = "solo",
+def start_worker(settings: Settings, log_path: Path, queues: str = "train,generate", *, pool: str | None = "solo",
                  beat: bool = False, env: dict[str, str] | None = None,
                  command: list[str] | None = None) -> WorkerProcess:
     """`celery -A worker.celery_app worker` as production runs it, in a process group of its own (so a
-    test can kill it with its pool children), reading its settings from the environment."""
+    test can kill it with its pool children), reading its settings from the environment. `pool=None`
+    gives no --pool: the app's own default."""
     full_env = {**os.environ, **_aws_env(),
                 "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
                 "STORAGE_URL": settings.storage_url, "S3_ENDPOINT_URL": settings.s3_endpoint_url,
                 "DCGAN_DATA_DIR": str(settings.data_dir), "DCGAN_THREADS": "1", "PYTHONUNBUFFERED": "1",
                 **(env or {})}
     command_line = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues,
-                    "--pool", pool, "--concurrency", "1", "--loglevel", "INFO",
+                    *(["--pool", pool] if pool else []), "--concurrency", "1", "--loglevel", "INFO",
                     "-n", f"test-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle",
                     "--without-heartbeat"]
     if beat:

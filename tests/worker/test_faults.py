@@ -97,7 +97,7 @@ class Workers:
         self.started = []
         node.started_workers = self.started  # their logs go into the report of a failing test
 
-    def start(self, pool: str = "solo", env: dict[str, str] | None = None):
+    def start(self, pool: str | None = "solo", env: dict[str, str] | None = None):
         log_path = self.directory / f"worker-{len(self.started) + 1}.log"
         handle = start_worker(self.settings, log_path, "train,generate", pool=pool, env={**FAST_LEASES, **(env or {})})
         self.started.append(handle)
@@ -269,7 +269,8 @@ def test_a_poison_job_that_kills_its_worker_every_time_fails_as_worker_lost(work
 
 def test_sigterm_checkpoints_and_releases_the_job_at_once_for_the_next_worker(workers, celery_client,
                                                                              session_factory, tenant_id):
-    leaving = workers.start()
+    leaving = workers.start(pool=None)  # no --pool, as `celery -A worker.celery_app worker` is often run
+    assert "(solo)" in leaving.log()  # the app's default pool, which hears the SIGTERM itself
     job_id = long_job(session_factory, tenant_id, steps=300, checkpoint_every=1000)  # only the stop checkpoints
     send(celery_client, job_id)
     wait_until(session_factory, job_id, lambda job: job.progress.get("step", 0) >= 20 or job.finished_at)
