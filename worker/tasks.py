@@ -173,6 +173,13 @@ class _TrainHooks:
         self.stop_reason: str | None = None
         self._last_progress = -math.inf
         self._last_check = -math.inf
+        self._unwritten: Progress | None = None  # the newest progress the throttle held back
+
+    def flush_progress(self) -> None:
+        """Write the progress the throttle held back, so a stopped job shows the step it stopped at."""
+        if self._unwritten is not None:
+            self._last_progress = -math.inf
+            self.on_progress(self._unwritten)
 
     def callbacks(self) -> Callbacks:
         return Callbacks(on_progress=self.on_progress, should_stop=self.should_stop,
@@ -181,8 +188,9 @@ class _TrainHooks:
     def on_progress(self, progress: Progress) -> None:
         now = time.monotonic()
         if now - self._last_progress < SYNC_SECONDS and progress.step < progress.total_steps:
+            self._unwritten = progress
             return
-        self._last_progress = now
+        self._last_progress, self._unwritten = now, None
         document = progress.to_dict()
         if self.notes:
             document["notes"] = list(self.notes)
@@ -250,6 +258,7 @@ def _train(run: Attempt) -> None:
                 # A checkpoint this attempt cannot use costs the steps it held, not the job.
                 notes.append(f"could not resume from {candidate.key}: {exc}")
                 log.warning("job %s: %s", run.job_id, notes[-1])
+        hooks.flush_progress()
         if hooks.stop_reason == "shutdown":
             run.release()  # the final checkpoint is recorded; the next attempt resumes from it
             return

@@ -348,29 +348,37 @@ def run(trainer: Trainer, callbacks: Callbacks, progress_every: int = 10) -> Tra
     trainer.paths.root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     window_step, window_time = trainer.step, started
-    rate = 0.0
     stopped = False
+    stats: dict[str, Any] | None = None  # the newest step's losses, not yet reported while unreported
+
+    def report(stats: dict[str, Any]) -> None:
+        nonlocal window_step, window_time
+        step, now = trainer.step, time.perf_counter()
+        values = {k: float(v) for k, v in stats.items()}
+        if not all(math.isfinite(v) for v in values.values()):
+            raise FloatingPointError(f"non-finite loss at step {step}: {values}")
+        rate = (step - window_step) * trainer.batch_size / max(now - window_time, 1e-9)
+        window_step, window_time = step, now
+        progress = Progress(step, total, trainer.epoch, values["loss_d"], values["loss_g"], values["d_real"],
+                            values["d_fake"], rate, (total - step) * trainer.batch_size / max(rate, 1e-9),
+                            now - started)
+        metrics.write(json.dumps(progress.to_dict()) + "\n")
+        metrics.flush()
+        if callbacks.on_progress is not None:
+            callbacks.on_progress(progress)
+
     with trainer.paths.metrics.open("a") as metrics:
         while trainer.step < total:
             if callbacks.should_stop is not None and callbacks.should_stop():
                 stopped = True
+                if stats is not None:  # a stop between reports: report the step it stopped at
+                    report(stats)
                 break
             stats = trainer.train_step()
             step = trainer.step
             if step % progress_every == 0 or step == total:
-                now = time.perf_counter()
-                values = {k: float(v) for k, v in stats.items()}
-                if not all(math.isfinite(v) for v in values.values()):
-                    raise FloatingPointError(f"non-finite loss at step {step}: {values}")
-                rate = (step - window_step) * trainer.batch_size / max(now - window_time, 1e-9)
-                window_step, window_time = step, now
-                progress = Progress(step, total, trainer.epoch, values["loss_d"], values["loss_g"],
-                                    values["d_real"], values["d_fake"], rate,
-                                    (total - step) * trainer.batch_size / max(rate, 1e-9), now - started)
-                metrics.write(json.dumps(progress.to_dict()) + "\n")
-                metrics.flush()
-                if callbacks.on_progress is not None:
-                    callbacks.on_progress(progress)
+                report(stats)
+                stats = None
             if config.sample_every and step % config.sample_every == 0 and step != total:
                 path = trainer.write_sample()
                 if callbacks.on_sample is not None:

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -78,11 +79,15 @@ def test_stop_writes_a_final_checkpoint(tmp_path, digits, device):
         calls.append(1)
         return len(calls) > 7  # checked before every step: 7 steps run
 
+    progress = []
     result = train(tiny_config(steps=100), digits, tmp_path, device=device,
-                   callbacks=Callbacks(should_stop=should_stop))
+                   callbacks=Callbacks(should_stop=should_stop, on_progress=progress.append), progress_every=5)
     assert result.stopped and result.step == 7
     assert load_training_state(result.checkpoint_path)["step"] == 7
     assert result.generator_path.exists()
+    # Reported every 5 steps, and once more at the stop, so the last report is where the run stopped.
+    assert [p.step for p in progress] == [5, 7] and progress[-1].images_per_second > 0
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [5, 7]
 
 
 def test_variants_complete_and_make_grids(tmp_path, digits, device):

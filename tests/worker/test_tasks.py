@@ -301,6 +301,8 @@ def test_a_job_past_its_own_runtime_limit_checkpoints_and_fails_with_timeout(wor
     assert (job.status, job.error_type, job.attempt) == ("failed", "timeout", 1), job.error_detail
     assert "runtime limit of 2 s" in job.error_detail
     assert 0 < job.checkpoint_step < 100_000  # the final checkpoint, written at the stop
+    assert job.progress["step"] == job.checkpoint_step  # the progress shows where it stopped
+    assert f"at step {job.checkpoint_step} of 100000" in job.error_detail
     artifacts, _ = artifacts_and_events(session_factory, job_id)
     assert {"generator.safetensors", "grid.png"} <= set(artifacts)
 
