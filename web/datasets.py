@@ -18,10 +18,10 @@ from core.archives import ArchiveError, Limits, archive_kind, read_images
 from core.db import Dataset
 from core.storage import StorageError, dataset_key, dataset_prefix
 
-from .idempotency import commit_created, idempotent
-from .platform import db, get_by_id, newest_of_tenant, store, tenant_id
+from .idempotency import commit_upload, idempotent
+from .platform import get_by_id, newest_of_tenant, store, tenant_id
 from .problems import Problem, validation_problem
-from .schemas import upload_name
+from .schemas import refused_upload, upload_name
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 
@@ -51,9 +51,7 @@ def upload():
         limits = current_app.config.get("ARCHIVE_LIMITS") or Limits()
         images, rejected = read_images(upload.stream, archive_kind(upload.filename), limits)
     except ArchiveError as exc:  # each kind of refusal has its own problem type (core.archives.TITLES)
-        message = str(exc).removeprefix("file: ")
-        raise Problem(413 if exc.too_large else 422, message, slug=exc.slug, title=exc.title,
-                      errors=[{"field": "file", "message": message}]) from None
+        raise refused_upload(exc) from None
     dataset_id = uuid.uuid4()
     digest, size, keys = hashlib.sha256(), 0, []
     try:
@@ -67,21 +65,11 @@ def upload():
         for key in keys:
             store().delete(key)
         raise
-    dataset = Dataset(id=dataset_id, tenant_id=tenant_id(), name=name, source="upload",
-                      storage_prefix=dataset_prefix(tenant_id(), dataset_id), num_images=len(images),
-                      num_rejected=rejected,
-                      size_bytes=size, sha256=digest.hexdigest(), status="ready")
-    db().add(dataset)
-    try:
-        db().flush()
-        body = dataset_json(dataset)
-        commit_created(body, 201, body["links"]["self"])
-    except BaseException:
-        # Not committed (another request with the same Idempotency-Key won, or the database failed): the
-        # stored images belong to no dataset.
-        store().delete_prefix(dataset_prefix(tenant_id(), dataset_id))
-        raise
-    return body, 201, {"Location": body["links"]["self"]}
+    prefix = dataset_prefix(tenant_id(), dataset_id)
+    dataset = Dataset(id=dataset_id, tenant_id=tenant_id(), name=name, source="upload", storage_prefix=prefix,
+                      num_images=len(images), num_rejected=rejected, size_bytes=size, sha256=digest.hexdigest(),
+                      status="ready")
+    return commit_upload(dataset, dataset_json, lambda: store().delete_prefix(prefix))
 
 
 @bp.get("")

@@ -26,10 +26,10 @@ from core.gan.config import ConfigError, TrainConfig
 from core.storage import uploaded_generator_key
 from core.weights import WeightsError, check_generator_weights
 
-from .idempotency import commit_created, idempotent
-from .platform import db, get_by_id, newest_of_tenant, store, tenant_id
+from .idempotency import commit_upload, idempotent
+from .platform import get_by_id, newest_of_tenant, store, tenant_id
 from .problems import Problem, validation_problem
-from .schemas import config_errors, upload_name
+from .schemas import config_errors, refused_upload, upload_name
 
 bp = Blueprint("generators", __name__, url_prefix="/v1/generators")
 FORM_FIELDS = {"config", "name"}
@@ -88,23 +88,12 @@ def upload():
             check_generator_weights(weights.stream, config.to_dict(), copy_to=copy,
                                     max_bytes=current_app.config["SETTINGS"].max_upload_bytes)
         except WeightsError as exc:
-            raise Problem(413 if exc.too_large else 422, str(exc), slug=exc.slug, title=exc.title,
-                          errors=[{"field": "file", "message": str(exc)}]) from None
+            raise refused_upload(exc) from None
         copy.seek(0)
         stored = store().put_stream(key, copy)  # exactly the bytes that were checked
     row = Generator(id=generator_id, tenant_id=tenant_id(), name=name, config=config.to_dict(), storage_key=key,
                     size_bytes=stored.size, sha256=stored.sha256)
-    db().add(row)
-    try:
-        db().flush()
-        body = generator_json(row)
-        commit_created(body, 201, body["links"]["self"])
-    except BaseException:
-        # Not recorded (the database failed, or a request with the same Idempotency-Key won): the object
-        # belongs to no generator.
-        store().delete(key)
-        raise
-    return body, 201, {"Location": body["links"]["self"]}
+    return commit_upload(row, generator_json, lambda: store().delete(key))
 
 
 @bp.get("")

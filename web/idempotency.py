@@ -101,6 +101,22 @@ def commit_created(body: dict[str, Any], status: int, location: str | None) -> N
         pending.recorded = True
 
 
+def commit_upload(row: Any, to_json: Callable[[Any], dict[str, Any]], discard: Callable[[], None]):
+    """Add `row`, which describes objects an upload already put in the store, and commit it as created:
+    201 with its JSON and a Location of its `links.self`. If it is not committed -- the database failed,
+    or a request with the same Idempotency-Key won -- `discard` deletes the stored objects, which would
+    belong to nothing, and the error propagates."""
+    db().add(row)
+    try:
+        db().flush()
+        body = to_json(row)
+        commit_created(body, 201, body["links"]["self"])
+    except BaseException:
+        discard()
+        raise
+    return body, 201, {"Location": body["links"]["self"]}
+
+
 def request_fingerprint() -> str:
     """sha256 of the method, path, query and body, with the body compared as described above."""
     parts: list[Any] = [request.method, request.path, request.query_string.decode("latin-1")]

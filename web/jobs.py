@@ -25,7 +25,7 @@ from .generators import visible_generator
 from .idempotency import commit_created, idempotency_key, idempotent
 from .platform import db, get_by_id, queue, tenant_id
 from .problems import Problem, validation_problem
-from .schemas import GENERATE_JOB_REQUEST, check_fields, json_body, parse_train_request
+from .schemas import GENERATE_JOB_REQUEST, check_fields, int_in_range, json_body, parse_train_request
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 MAX_LIST_LIMIT = 200
@@ -137,7 +137,7 @@ def create_generate():
     if not isinstance(truncation, (int, float)) or isinstance(truncation, bool) or not 0 < truncation <= 1:
         errors.append({"field": "truncation", "message": "must be a number in (0, 1]"})
     nrow = body.get("nrow", 8)
-    if not isinstance(nrow, int) or isinstance(nrow, bool) or not 1 <= nrow <= 64:
+    if not int_in_range(nrow, 1, 64):
         errors.append({"field": "nrow", "message": "must be an integer from 1 to 64"})
     parent = uploaded = None
     if ("generator" in body) == ("generator_job" in body):

@@ -13,7 +13,10 @@ from typing import Any, Callable, NamedTuple
 
 from flask import Request
 
+from core.archives import ArchiveError
 from core.gan.config import AUGMENTS, IMG_SIZES, LOSSES, PRECISIONS, ConfigError, TrainConfig
+from core.settings import Settings
+from core.weights import WeightsError
 
 from .problems import Problem, validation_problem
 
@@ -100,6 +103,19 @@ def upload_name(given: str | None, filename: str | None, fallback: str) -> str:
     return _CONTROL_CHARACTERS.sub("", filename or "")[:MAX_NAME_LENGTH] or fallback
 
 
+def refused_upload(exc: ArchiveError | WeightsError) -> Problem:
+    """An archive or weights file that core.archives / core.weights refused: 413 for a size refusal, else
+    422, with the refusal's own problem type, and the reason as the `file` field's error."""
+    message = str(exc).removeprefix("file: ")
+    return Problem(413 if exc.too_large else 422, message, slug=exc.slug, title=exc.title,
+                   errors=[{"field": "file", "message": message}])
+
+
+def int_in_range(value: Any, low: int, high: int) -> bool:
+    """Whether a JSON value is an integer (not a boolean) from `low` to `high`."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def check_fields(body: dict[str, Any], schema: dict[str, Any]) -> list[dict[str, str]]:
     """Required and unknown top-level fields (no mass assignment); value checks belong to each endpoint."""
     errors = [{"field": name, "message": "required"} for name in schema.get("required", []) if name not in body]
@@ -121,13 +137,12 @@ class TrainRequest(NamedTuple):
 
 
 def parse_train_request(body: dict[str, Any], dataset_exists: Callable[[str], bool] = lambda _: False,
-                        max_runtime_seconds: int = 24 * 3600) -> TrainRequest:
+                        max_runtime_seconds: int = Settings.max_job_seconds) -> TrainRequest:
     """The dataset reference, the validated config and the job's runtime limit (at most
     `max_runtime_seconds`, the server's); every bad field is reported in one 422."""
     errors = check_fields(body, TRAIN_JOB_REQUEST)
     runtime = body.get("max_runtime_seconds")
-    if "max_runtime_seconds" in body and (not isinstance(runtime, int) or isinstance(runtime, bool)
-                                          or not 1 <= runtime <= max_runtime_seconds):
+    if "max_runtime_seconds" in body and not int_in_range(runtime, 1, max_runtime_seconds):
         errors.append({"field": "max_runtime_seconds",
                        "message": f"must be an integer from 1 to {max_runtime_seconds} (the server's limit)"})
     dataset = body.get("dataset")
