@@ -8,7 +8,10 @@ reaper never import the worker or torch.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 # job type -> (task name, queue)
 TASKS = {"train": ("dcgan.train", "train"), "generate": ("dcgan.generate", "generate")}
@@ -16,6 +19,12 @@ TASKS = {"train": ("dcgan.train", "train"), "generate": ("dcgan.generate", "gene
 
 class JobQueue(Protocol):
     def enqueue(self, job_type: str, job_id: str) -> None: ...
+
+
+def send_job_task(app: Celery, job_type: str, job_id: str) -> None:
+    """Publish the job's task message through `app`, once (no retry: the reaper sends it again)."""
+    name, queue = TASKS[job_type]
+    app.send_task(name, args=[job_id], queue=queue, retry=False)
 
 
 class CeleryQueue:
@@ -33,8 +42,7 @@ class CeleryQueue:
                                 broker_transport_options={"max_retries": 1})
 
     def enqueue(self, job_type: str, job_id: str) -> None:
-        name, queue = TASKS[job_type]
-        self.client.send_task(name, args=[job_id], queue=queue, retry=False)
+        send_job_task(self.client, job_type, job_id)
 
     def check(self) -> None:
         with self.client.connection_for_write() as connection:

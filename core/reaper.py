@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import jobs
 from core.db import IdempotencyRecord, Job, utcnow
+from core.errors import first_line
 from core.queue import JobQueue
 from core.settings import Settings
 
@@ -91,5 +92,5 @@ def run_reaper(session_factory: sessionmaker[Session], queue: JobQueue, settings
         try:
             reap_once(session_factory, queue, settings)
         except SQLAlchemyError as exc:
-            log.warning("reaper: database unavailable, will retry: %s", str(exc).splitlines()[0])
+            log.warning("reaper: database unavailable, will retry: %s", first_line(exc))
         stop.wait(settings.reap_seconds)

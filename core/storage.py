@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Iterator, Protocol
 from urllib.parse import unquote, urlparse
 
+from .errors import first_line
+
 if TYPE_CHECKING:
     from .settings import Settings
 
@@ -444,7 +446,7 @@ class S3Store(_StoreMixin):
             message = error.get("Message") or ""
             raise StorageError(f"cannot {action} {self._url(key)}: {code} {message}".strip()) from exc
         except (BotoCoreError, Boto3Error) as exc:
-            raise StorageError(f"cannot {action} {self._url(key)}: {_first_line(exc)}") from exc
+            raise StorageError(f"cannot {action} {self._url(key)}: {first_line(exc)}") from exc
 
     def put_stream(self, key: str, stream: BinaryIO, content_type: str | None = None) -> StoredObject:
         full = self._full(key)
@@ -506,11 +508,6 @@ class S3Store(_StoreMixin):
     def check(self) -> None:
         with self._errors("reach bucket", ""):
             self._client.head_bucket(Bucket=self.bucket)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # -- from settings --------------------------------------------------------------------------------------------

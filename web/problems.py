@@ -14,6 +14,8 @@ from typing import Any
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
+from core.errors import first_line
+
 from .platform import database_unavailable
 
 PROBLEM_JSON = "application/problem+json"
@@ -85,7 +87,7 @@ def register_error_handlers(app: Flask) -> None:
             # An outage, not a bug: one line, not a traceback per request. The session is closed at teardown,
             # and the engine's pre-ping replaces dead pooled connections once the database is back.
             log.warning("database unavailable on %s %s: %s", request.method, request.path,
-                        (str(exc).splitlines() or [""])[0][:200])
+                        first_line(exc)[:200])
             return problem_response(Problem(
                 503, "the database is unavailable; retry later", slug="database-unavailable",
                 title="Database unavailable", headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)}))

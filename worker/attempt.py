@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import jobs
 from core.db import Job, JobStatus, utcnow
-from core.queue import TASKS
+from core.errors import first_line
+from core.queue import send_job_task
 from core.settings import Settings
 from core.storage import ArtifactStore, ObjectNotFound, StorageError, job_prefix
 
@@ -50,8 +51,7 @@ class Context:
     app: Celery
 
     def enqueue(self, job_type: str, job_id: str) -> None:
-        name, queue = TASKS[job_type]
-        self.app.send_task(name, args=[job_id], queue=queue, retry=False)
+        send_job_task(self.app, job_type, job_id)
 
     def publish(self, job_type: str, job_id: uuid.UUID) -> None:
         """Send the job's task message again (after a release); the reaper does it if this fails."""
@@ -158,7 +158,7 @@ class Attempt:
                 time.sleep(pause)
         raise AssertionError("unreachable")
 
-    def heartbeat(self, force: bool = False) -> None:
+    def heartbeat(self) -> None:
         """The lease itself is kept by `LeaseKeeper`; here the attempt learns that it was lost."""
         if self.lease.lost.is_set():
             raise FencedOut(f"job {self.job_id}: attempt {self.attempt} lost its lease")
@@ -240,8 +240,3 @@ class Attempt:
 DB_RETRY_PAUSES = (0.5, 1, 2, 4, 8, 16, 30)
 # Pauses between tries of one upload: 0.5 + 1 + 2 + 4 + 8 + 16 = 31.5 s of S3 outage absorbed.
 UPLOAD_RETRY_PAUSES = (0.5, 1, 2, 4, 8, 16)
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -42,6 +42,7 @@ from celery.utils.log import get_task_logger
 
 from core import jobs
 from core.db import Artifact, Generator, JobStatus, JobType, make_engine, make_session_factory
+from core.errors import first_line
 from core.gan.checkpoint import CheckpointError
 from core.gan.config import TrainConfig
 from core.gan.data import IMAGE_SUFFIXES, DataError, ImageSet, load_images
@@ -53,7 +54,7 @@ from core.settings import Settings
 from core.storage import ObjectNotFound, checkpoint_key, dataset_prefix, generator_key, grid_key, open_store, sample_key
 from core.weights import check_generator_file
 
-from worker.attempt import Attempt, Context, FencedOut, StorageUnavailable, first_line
+from worker.attempt import Attempt, Context, FencedOut, StorageUnavailable
 
 log = get_task_logger(__name__)
 
