@@ -199,11 +199,7 @@ def _serve_prefork(args: argparse.Namespace, processes: int) -> int:
     listener.close()
     os.close(ready_write)
 
-    def stop(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    _interrupt_on_stop_signals()
     try:
         # Announce the port only once every process has built its app: a client that connected earlier
         # would keep all its connections on the first process ready.
@@ -231,6 +227,17 @@ def _serve_prefork(args: argparse.Namespace, processes: int) -> int:
                 child.kill()
 
 
+def _interrupt_on_stop_signals() -> None:
+    """SIGTERM and SIGINT raise KeyboardInterrupt, so `finally` stops the children. Both explicitly: a
+    process started in the background by a shell inherits SIGINT as ignored."""
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
 def _worker(args: argparse.Namespace) -> int:
     os.execv(sys.executable, worker_command())
 
@@ -240,14 +247,18 @@ def _reaper(args: argparse.Namespace) -> int:
 
 
 def reaper_command() -> list[str]:
-    return [sys.executable, "-P", "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "maintenance", "-B",
-            "--schedule", os.path.join(tempfile.gettempdir(), "dcgan-beat-schedule"), "--pool", "solo",
-            "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+    return _celery_worker_command("maintenance", "-B", "--schedule",
+                                  os.path.join(tempfile.gettempdir(), "dcgan-beat-schedule"))
 
 
 def worker_command() -> list[str]:
+    return _celery_worker_command(WORKER_QUEUES)
+
+
+def _celery_worker_command(queues: str, *extra: str) -> list[str]:
+    """`celery worker` on `queues`, one task at a time in the process itself (solo pool)."""
     # -P: the current directory must not shadow the installed packages (a ./web folder would).
-    return [sys.executable, "-P", "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", WORKER_QUEUES,
+    return [sys.executable, "-P", "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues, *extra,
             "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
 
 
@@ -265,12 +276,7 @@ def _up(args: argparse.Namespace) -> int:
     stop_reaper = threading.Event()
     reaper = None
 
-    def stop(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    # Both, explicitly: a process started in the background by a shell inherits SIGINT as ignored.
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    _interrupt_on_stop_signals()
     try:
         upgrade_database(settings.database_url)
         key_path, new_key = local_api_key(settings)
