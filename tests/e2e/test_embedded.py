@@ -77,35 +77,38 @@ def platform(tmp_path_factory):
     process = subprocess.Popen([sys.executable, "-m", "core.cli", "up", "--port", str(port), "--data-dir",
                                 str(data_dir)], cwd=Path(__file__).resolve().parents[2], env=env, stdout=log,
                                stderr=subprocess.STDOUT)
-    api = Api(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if api.request("GET", "/readyz")[0] == 200:
-                break
-        except OSError:
-            pass
-        assert process.poll() is None, (data_dir / "up.log").read_text()
-        time.sleep(0.5)
-    else:
-        pytest.fail("dcgan up did not become ready:\n" + (data_dir / "up.log").read_text())
-    # The key `dcgan up` made on its first start: only its owner may read the file, and it was printed.
-    key_file = data_dir / "api-key"
-    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    api.key = key_file.read_text().strip()
-    assert api.key.startswith("dcg_")
-    # /readyz answers as soon as the API process listens; `dcgan up` prints its banner (with the key) only
-    # after it has seen that port open itself, a moment later.
-    banner = _wait_for_text(data_dir / "up.log", "dcgan-platform is up", process, seconds=30)
-    assert api.key in banner
-    yield api, data_dir
-    process.send_signal(2)  # Ctrl-C
+    # Stopped however the fixture ends: a failed check during setup must not leave `dcgan up` running.
     try:
-        process.wait(timeout=30)
+        api = Api(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if api.request("GET", "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert process.poll() is None, (data_dir / "up.log").read_text()
+            time.sleep(0.5)
+        else:
+            pytest.fail("dcgan up did not become ready:\n" + (data_dir / "up.log").read_text())
+        # The key `dcgan up` made on its first start: only its owner may read the file, and it was printed.
+        key_file = data_dir / "api-key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        api.key = key_file.read_text().strip()
+        assert api.key.startswith("dcg_")
+        # /readyz answers as soon as the API process listens; `dcgan up` prints its banner (with the key) only
+        # after it has seen that port open itself, a moment later.
+        banner = _wait_for_text(data_dir / "up.log", "dcgan-platform is up", process, seconds=30)
+        assert api.key in banner
+        yield api, data_dir
     finally:
-        if process.poll() is None:
-            process.kill()
-    log.close()
+        process.send_signal(2)  # Ctrl-C
+        try:
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        log.close()
 
 
 def _upload_zip(api: Api) -> str:

@@ -159,7 +159,11 @@ def start_worker(settings: Settings, log_path: Path, queues: str = "train,genera
         process = subprocess.Popen(command_line, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     handle = WorkerProcess(process, log_path)
-    handle.wait_for_log(" ready.", WORKER_START_SECONDS)
+    try:
+        handle.wait_for_log(" ready.", WORKER_START_SECONDS)
+    except BaseException:
+        stop_worker(handle)  # a worker that never got ready must not outlive the test
+        raise
     return handle
 
 
