@@ -2,6 +2,7 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
+COPY cli cli
 COPY core core
 COPY web web
 COPY worker worker

@@ -340,7 +340,7 @@ class Stack:
     def _start(self) -> None:
         from sqlalchemy import create_engine
 
-        from core.server_cli import upgrade_database
+        from cli.admin import upgrade_database
 
         if self.given_database_url:
             self.database_url = self.given_database_url
@@ -364,7 +364,7 @@ class Stack:
         print("stack: limits raised so they are not what is measured: "
               + ", ".join(f"{k}={v}" for k, v in RAISED_LIMITS.items()))
         self.log_paths = [self.directory / "api.log"]
-        self._spawn([sys.executable, "-P", "-m", "core.cli", "api", "--port", str(self.port),
+        self._spawn([sys.executable, "-P", "-m", "cli", "api", "--port", str(self.port),
                      "--processes", str(self.processes), "--threads", str(self.threads)], env, self.log_paths[0])
         deadline = time.monotonic() + 90
         while not self._serving():

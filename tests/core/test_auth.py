@@ -108,7 +108,7 @@ def test_bad_tenant_names(session, name):
 
 
 def _dcgan(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "core.cli", "keys", *args], cwd=REPO_ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "cli", "keys", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -149,7 +149,8 @@ def test_dcgan_keys_on_a_new_database(empty_database_url, tmp_path):
 def test_dcgan_up_makes_its_local_key_once(tmp_path):
     """`dcgan up`'s key file: made on the first start (mode 600, tenant "local"), reused on later starts,
     replaced when the key in it no longer authenticates."""
-    from core.server_cli import local_api_key, upgrade_database
+    from cli.admin import upgrade_database
+    from cli.servers import local_api_key
     from core.settings import Settings
 
     settings = Settings(data_dir=tmp_path).with_defaults()

@@ -14,7 +14,7 @@ def dcgan(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProc
     root = str(Path(__file__).resolve().parents[2])  # the checkout, also where the package isn't installed
     env = {**os.environ, "DCGAN_THREADS": "1", "DCGAN_CACHE_DIR": str(cwd / "cache"),
            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=cwd, env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "cli", *args], cwd=cwd, env=env, capture_output=True,
                             text=True, timeout=300)
     if check:
         assert result.returncode == 0, result.stderr

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -114,11 +112,3 @@ def test_a_bare_postgresql_url_uses_psycopg3():
     assert engine_url("postgresql://u@db/x").drivername == "postgresql+psycopg"
     assert engine_url("postgresql+psycopg://u@db/x").drivername == "postgresql+psycopg"
     assert engine_url("sqlite:///var/dcgan.db").drivername == "sqlite"
-
-
-def test_schema_and_jobs_modules_import_without_torch_flask_or_celery():
-    # The API process imports these; it must start without the training stack.
-    code = "import sys, core.db, core.jobs; print(' '.join(sys.modules))"
-    loaded = {name.split(".")[0] for name in subprocess.run([sys.executable, "-c", code], capture_output=True,
-                                                            text=True, check=True).stdout.split()}
-    assert not loaded & {"torch", "flask", "celery"}

@@ -26,9 +26,9 @@ def children_of(pid: int) -> list[int]:
 def test_two_api_processes_share_one_port_and_stop_together(tmp_path):
     port = free_port()
     env = {**os.environ, "DCGAN_DATA_DIR": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:6379/14"}
-    subprocess.run([sys.executable, "-m", "core.cli", "db", "upgrade"], cwd=REPO_ROOT, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "cli", "db", "upgrade"], cwd=REPO_ROOT, env=env, check=True,
                    capture_output=True)
-    server = subprocess.Popen([sys.executable, "-m", "core.cli", "api", "--port", str(port), "--processes", "2"],
+    server = subprocess.Popen([sys.executable, "-m", "cli", "api", "--port", str(port), "--processes", "2"],
                               cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         announced = server.stdout.readline()

@@ -74,7 +74,7 @@ def platform(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "STORAGE_URL")}
     env.update(DCGAN_THREADS="1", PYTHONUNBUFFERED="1")
     log = open(data_dir / "up.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "core.cli", "up", "--port", str(port), "--data-dir",
+    process = subprocess.Popen([sys.executable, "-m", "cli", "up", "--port", str(port), "--data-dir",
                                 str(data_dir)], cwd=Path(__file__).resolve().parents[2], env=env, stdout=log,
                                stderr=subprocess.STDOUT)
     # Stopped however the fixture ends: a failed check during setup must not leave `dcgan up` running.
@@ -215,7 +215,7 @@ def test_the_cli_finds_the_api_and_its_key(platform):
     env.update(DCGAN_API_URL=api.base, DCGAN_DATA_DIR=str(data_dir))
 
     def dcgan(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "core.cli", "jobs", *args], env=env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "cli", "jobs", *args], env=env, capture_output=True,
                               text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
 
     submitted = dcgan("train", "--dataset", "builtin:digits", "--config", "img_size=32", "img_channels=1",

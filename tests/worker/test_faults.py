@@ -86,7 +86,7 @@ def reaper(settings, tmp_path_factory):
     """`dcgan reaper`, as docker-compose runs it: Celery beat and the reaper pass in one small worker on the
     maintenance queue."""
     handle = start_worker(settings, tmp_path_factory.mktemp("reaper") / "reaper.log", env=FAST_LEASES,
-                          command=[sys.executable, "-m", "core.cli", "reaper"])
+                          command=[sys.executable, "-m", "cli", "reaper"])
     yield handle
     stop_worker(handle)
 

@@ -23,6 +23,9 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 SEND_ATTEMPTS = 3
 
 
+COMMANDS = ("jobs",)
+
+
 class ClientError(Exception):
     """What went wrong, as the one line the CLI prints."""
 

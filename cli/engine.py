@@ -1,30 +1,20 @@
-"""`dcgan`: the project's one command line: train, sample, eval, and the server commands (core/server_cli.py).
+"""`dcgan train`, `dcgan sample` and `dcgan eval`: the engine (core.gan) on this machine.
 
-This is an entry point, so it is the place that reads the environment (`DCGAN_CACHE_DIR`,
-`DCGAN_THREADS`) and turns every expected failure into one line on stderr and exit status 2.
+The handlers import core.gan (and so torch) only when they run; cli.main sets torch's thread count first and
+turns core.gan's user errors into one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Sequence
 
-CACHE_ENV = "DCGAN_CACHE_DIR"
-THREADS_ENV = "DCGAN_THREADS"
+COMMANDS = ("train", "sample", "eval")
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dcgan-platform")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dcgan", description="Train DCGANs and sample images from them.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a DCGAN (or continue one with --resume)")
     train.add_argument("--dataset", help="folder:<path>, digits, fashion-mnist, mnist, cifar10, celeba or fake")
     train.add_argument("--out", type=Path, help="run directory (default with --resume: the checkpoint's run)")
@@ -62,40 +52,16 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--feature-net", default="auto", help="auto, inception, digits or fashion-mnist")
     evaluate.add_argument("--device", default="cpu")
 
-    from .server_cli import add_commands
 
-    add_commands(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from . import server_cli
-
-    if args.command in server_cli.COMMANDS:
-        return server_cli.run(args)
-    threads = os.environ.get(THREADS_ENV)
-    import torch  # after argument parsing so --help stays instant
-
-    if threads:
-        torch.set_num_threads(int(threads))
-    from .gan.errors import USER_ERRORS
-
-    try:
-        return {"train": _train, "sample": _sample, "eval": _eval}[args.command](args)
-    except USER_ERRORS as exc:
-        print(f"dcgan {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"dcgan {args.command}: interrupted", file=sys.stderr)
-        return 130
+def run(args: argparse.Namespace, cache_dir: Path) -> int:
+    return {"train": _train, "sample": _sample, "eval": _eval}[args.command](args, cache_dir)
 
 
-def _train(args: argparse.Namespace) -> int:
-    from .gan.checkpoint import load_training_state
-    from .gan.config import ConfigError, TrainConfig, parse_set_options
-    from .gan.data import load_images
-    from .gan.train import Callbacks, train
+def _train(args: argparse.Namespace, cache_dir: Path) -> int:
+    from core.gan.checkpoint import load_training_state
+    from core.gan.config import ConfigError, TrainConfig, parse_set_options
+    from core.gan.data import load_images
+    from core.gan.train import Callbacks, train
 
     values: dict[str, object] = parse_set_options(args.set)
     for name in ("img_size", "img_channels", "steps", "epochs", "seed"):
@@ -121,7 +87,7 @@ def _train(args: argparse.Namespace) -> int:
             values.setdefault("img_channels", 1)  # grayscale datasets: don't train 3 identical channels
         config = TrainConfig.from_dict(values)
         dataset, out = args.dataset, args.out
-    data = load_images(dataset, config.img_size, config.img_channels, cache_dir=default_cache_dir())
+    data = load_images(dataset, config.img_size, config.img_channels, cache_dir=cache_dir)
     reporter = _Reporter(config)
     result = train(config, data, out, device=args.device, resume_from=args.resume,
                    callbacks=Callbacks(on_progress=reporter.progress), progress_every=10)
@@ -157,8 +123,8 @@ class _Reporter:
             self.bar.close()
 
 
-def _sample(args: argparse.Namespace) -> int:
-    from .gan.sample import (Sampler, SampleError, SamplerOptions, default_nrow, grid_image, image_list,
+def _sample(args: argparse.Namespace, cache_dir: Path) -> int:
+    from core.gan.sample import (Sampler, SampleError, SamplerOptions, default_nrow, grid_image, image_list,
                              parse_seeds, save_gif, save_png)
 
     if not (args.grid or args.images or args.interpolate):
@@ -188,21 +154,17 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from .gan.data import load_images
-    from .gan.metrics import evaluate
-    from .gan.sample import Sampler
+def _eval(args: argparse.Namespace, cache_dir: Path) -> int:
+    from core.gan.data import load_images
+    from core.gan.metrics import evaluate
+    from core.gan.sample import Sampler
 
     sampler = Sampler.from_file(args.generator, args.device)
     config = sampler.config
-    real = load_images(args.dataset, config.img_size, config.img_channels, cache_dir=default_cache_dir())
+    real = load_images(args.dataset, config.img_size, config.img_channels, cache_dir=cache_dir)
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) or None
     result = evaluate(lambda start, count: sampler.images_for_seeds(range(start, start + count)),
                       real.images, dataset=args.dataset, metrics=metrics, num=args.num,
-                      feature_net=args.feature_net, cache_dir=default_cache_dir(), device=args.device)
+                      feature_net=args.feature_net, cache_dir=cache_dir, device=args.device)
     print(json.dumps(result, indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

