@@ -34,9 +34,6 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-DEFAULT_TENANT_NAME = "default"
-
-
 class JobType(StrEnum):
     TRAIN = "train"
     GENERATE = "generate"
@@ -277,11 +274,6 @@ def ensure_tenant(session: Session, name: str) -> Tenant:
     session.execute(insert(Tenant).values(id=uuid.uuid4(), name=name, created_at=utcnow())
                     .on_conflict_do_nothing())
     return session.scalars(select(Tenant).where(Tenant.name == name)).one()
-
-
-def ensure_default_tenant(session: Session) -> Tenant:
-    """The tenant that tests and tools without a key of their own act as, created if missing."""
-    return ensure_tenant(session, DEFAULT_TENANT_NAME)
 
 
 def engine_url(database_url: str) -> URL:

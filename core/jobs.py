@@ -344,8 +344,8 @@ def list_jobs(session: Session, tenant_id: uuid.UUID, status: str | None = None,
 
 
 def list_artifacts(session: Session, job_id: uuid.UUID) -> list[Artifact]:
-    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id)
-                                .order_by(Artifact.name, Artifact.key)))
+    """The artifacts the job's attempts recorded, in key order (steps in order: keys carry them padded)."""
+    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.key)))
 
 
 def list_events(session: Session, job_id: uuid.UUID) -> list[JobEvent]:

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import jobs
 from core.db import IdempotencyRecord, Job, utcnow
-from core.errors import first_line
+from core.error_text import first_line
 from core.queue import JobQueue
 from core.settings import Settings
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Iterator, Protocol
 from urllib.parse import unquote, urlparse
 
-from .errors import first_line
+from .error_text import first_line
 
 if TYPE_CHECKING:
     from .settings import Settings

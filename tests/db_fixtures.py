@@ -18,7 +18,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
-from core.db import Base, ensure_default_tenant, make_engine, make_session_factory
+from core.db import Base, ensure_tenant, make_engine, make_session_factory
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URLS = [url for url in (
@@ -143,6 +143,6 @@ def session(session_factory):
 
 @pytest.fixture
 def tenant_id(session) -> uuid.UUID:
-    tenant = ensure_default_tenant(session)
+    tenant = ensure_tenant(session, "default")
     session.commit()
     return tenant.id

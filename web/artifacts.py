@@ -12,6 +12,7 @@ import uuid
 from flask import Blueprint, Response, redirect, request, stream_with_context, url_for
 from sqlalchemy import select
 
+from core import jobs
 from core.db import Artifact
 from core.storage import ObjectNotFound, generator_key, grid_key, sample_key
 
@@ -27,7 +28,7 @@ CHUNK = 1024 * 1024
 @bp.get("/<job_id>/artifacts")
 def list_(job_id: str):
     job = job_or_404(job_id)
-    rows = db().scalars(select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.key))
+    rows = jobs.list_artifacts(db(), job.id)
     return {"artifacts": [{
         "id": str(a.id), "name": a.name, "size": a.size, "sha256": a.sha256, "content_type": a.content_type,
         "step": a.step, "download_url": url_for("artifacts.download", job_id=job_id, artifact_id=str(a.id)),

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
-from core.errors import first_line
+from core.error_text import first_line
 
 from .platform import database_unavailable
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import jobs
 from core.db import Job, JobStatus, utcnow
-from core.errors import first_line
+from core.error_text import first_line
 from core.queue import send_job_task
 from core.settings import Settings
 from core.storage import ArtifactStore, ObjectNotFound, StorageError, job_prefix

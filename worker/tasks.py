@@ -42,7 +42,7 @@ from celery.utils.log import get_task_logger
 
 from core import jobs
 from core.db import Artifact, Generator, JobStatus, JobType, make_engine, make_session_factory
-from core.errors import first_line
+from core.error_text import described, first_line
 from core.gan.checkpoint import CheckpointError
 from core.gan.config import TrainConfig
 from core.gan.data import IMAGE_SUFFIXES, DataError, ImageSet, load_images
@@ -142,7 +142,7 @@ def _run_job(app: Celery, job_id_text: str, job_type: str, body: Callable[[Attem
             run.fail("out_of_memory", first_line(exc))
         except Exception as exc:
             try:
-                run.fail("internal_error", f"{type(exc).__name__}: {first_line(exc)}")
+                run.fail("internal_error", described(exc))
             except Exception:
                 log.exception("job %s: could not record internal_error", job_id)
             raise

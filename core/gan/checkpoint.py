@@ -22,9 +22,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from core.error_text import described
+
+from .atomic_files import atomic_write
 from .config import ConfigError, TrainConfig
 from .errors import GanError
-from .files import atomic_write
 
 TRAIN_STATE_FORMAT = "dcgan-train-state/1"
 GENERATOR_FORMAT = "dcgan-generator/1"
@@ -45,7 +47,7 @@ def load_training_state(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
     except Exception as exc:  # unpickling refused or corrupt archive: one line naming the file
-        raise CheckpointError(f"{path}: not a readable training checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: not a readable training checkpoint ({described(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
         raise CheckpointError(f"{path}: not a {TRAIN_STATE_FORMAT} checkpoint")
     try:
@@ -112,7 +114,7 @@ def read_generator(path: Path) -> tuple[TrainConfig, dict[str, torch.Tensor]]:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such generator file") from None
     except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file ({described(exc)})") from None
     for name, tensor in weights.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path}: tensor {name!r} contains NaN or Inf")
@@ -127,14 +129,9 @@ def _refuse_pickle(path: Path) -> None:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such generator file") from None
     except OSError as exc:
-        raise CheckpointError(f"{path}: cannot be read ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: cannot be read ({described(exc)})") from None
     # A pickle starts with the PROTO opcode 0x80; so does a safetensors file whose header is 128, 384, ...
     # bytes long (the first byte of its little-endian length), but that file's JSON header opens with "{".
     if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[8:9] != b"{"):
         raise CheckpointError(f"{path}: is a pickle/torch.save file, not a .safetensors generator; it was not "
                               f"loaded (pickles can run code). Use the run's generator.safetensors")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0] if text else ''}"[:300]

@@ -24,7 +24,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from .errors import GanError
-from .files import atomic_write
+from .atomic_files import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -35,7 +35,7 @@ from .classifier import (CLASSIFIERS, FEATURE_DIM, NUM_CLASSES, PREPROCESS, Chec
                          sha256_file, to_classifier_input)
 from .data import to_uint8
 from .errors import GanError
-from .files import atomic_write
+from .atomic_files import atomic_write
 
 METRICS = ("fid", "kid", "is")
 FEATURE_NETS = ("inception", *CLASSIFIERS)

@@ -26,7 +26,7 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from .checkpoint import CheckpointError, load_module_state, read_generator
-from .files import atomic_write
+from .atomic_files import atomic_write
 from .config import TrainConfig
 from .data import to_uint8
 from .seeds import MAX_SEEDS, SampleError, parse_seeds  # noqa: F401  (torch-free, shared with the API)

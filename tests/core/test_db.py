@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from core.db import Artifact, Job, Tenant, engine_url, ensure_default_tenant, make_engine
+from core.db import Artifact, Job, Tenant, engine_url, ensure_tenant, make_engine
 
 PLUS_TWO = timezone(timedelta(hours=2))
 
@@ -79,10 +79,10 @@ def test_status_must_be_a_known_one(session, tenant_id):
         add_job(session, tenant_id, status="paused")
 
 
-def test_ensure_default_tenant_is_idempotent(session):
-    first = ensure_default_tenant(session)
+def test_ensure_tenant_is_idempotent(session):
+    first = ensure_tenant(session, "default")
     session.commit()
-    assert ensure_default_tenant(session).id == first.id
+    assert ensure_tenant(session, "default").id == first.id
     assert session.scalar(select(func.count()).select_from(Tenant)) == 1
 
 

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import pytest
 from alembic import command
 
-from core.db import ensure_default_tenant, make_engine, make_session_factory
+from core.db import ensure_tenant, make_engine, make_session_factory
 from core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ def session_factory(settings):
 @pytest.fixture(scope="module")
 def tenant_id(session_factory) -> uuid.UUID:
     with session_factory() as session:
-        tenant = ensure_default_tenant(session)
+        tenant = ensure_tenant(session, "default")
         session.commit()
         return tenant.id
 
