@@ -130,16 +130,17 @@ def _reaper(args: argparse.Namespace) -> int:
     os.execv(sys.executable, reaper_command())
 
 
-WORKER_QUEUES = "train,generate"
-
-
 def reaper_command() -> list[str]:
-    return _celery_worker_command("maintenance", "-B", "--schedule",
+    from core.queue import REAP
+
+    return _celery_worker_command(REAP.queue, "-B", "--schedule",
                                   os.path.join(tempfile.gettempdir(), "dcgan-beat-schedule"))
 
 
 def worker_command() -> list[str]:
-    return _celery_worker_command(WORKER_QUEUES)
+    from core.queue import WORKER_QUEUES
+
+    return _celery_worker_command(",".join(WORKER_QUEUES))
 
 
 def _celery_worker_command(queues: str, *extra: str) -> list[str]:

@@ -8,8 +8,8 @@ Each pass (every `settings.reap_seconds`, from Celery beat's `dcgan.reap` task o
    this is what survives a Redis restart or flush, and an API that could not reach the broker;
 3. Idempotency-Key records older than `settings.idempotency_hours` are deleted.
 
-Publishing may fail (the broker is down): the job stays queued with its old `published_at`, and a later
-pass tries again. Several reapers may run at once; every transition is a conditional UPDATE, so they
+Publishing goes through `core.queue.publish`; when the broker is down the job stays queued with its old
+`published_at`, this pass stops publishing, and a later pass tries again. Several reapers may run at once; every transition is a conditional UPDATE, so they
 cannot double-count, and a duplicate message is a no-op for the worker.
 """
 
@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import jobs
 from core.db import IdempotencyRecord, Job, utcnow
 from core.error_text import first_line
-from core.queue import JobQueue
+from core.queue import JobQueue, publish
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,14 +54,9 @@ def reap_once(session_factory: sessionmaker[Session], queue: JobQueue, settings:
         todo = [(job_id, types[job_id]) for job_id in report.requeued if job_id in types]
         todo += [(job_id, job_type) for job_id, job_type in due if job_id not in types]
         for job_id, job_type in todo:
-            try:
-                queue.enqueue(job_type, str(job_id))
-            except Exception as exc:  # the broker is down: try again on the next pass
+            if not publish(queue, session, job_type, job_id):  # the broker is down: the next pass tries again
                 report.publish_failures += 1
-                log.warning("reaper: could not publish job %s: %s", job_id, exc)
                 break
-            jobs.mark_published(session, job_id)
-            session.commit()
             report.published.append(job_id)
         report.idempotency_records_deleted = delete_expired_idempotency_records(session,
                                                                                 settings.idempotency_hours)

@@ -9,16 +9,15 @@ tenant already has `max_queued_jobs` jobs waiting.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from typing import Any
 
 from flask import Blueprint, current_app, request, url_for
-from kombu.exceptions import OperationalError as BrokerUnavailable
 from sqlalchemy import func, select
 
 from core import jobs
 from core.db import Dataset, Job, JobStatus, JobType
+from core.queue import publish
 from core.gan.seeds import SampleError, parse_seeds
 
 from .generators import visible_generator
@@ -30,7 +29,6 @@ from .schemas import GENERATE_JOB_REQUEST, check_fields, int_in_range, json_body
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 MAX_LIST_LIMIT = 200
 QUEUE_FULL_RETRY_SECONDS = 30
-log = logging.getLogger(__name__)
 
 
 def job_or_404(job_id: str) -> Job:
@@ -74,14 +72,7 @@ def _accepted(job: Job):
     body = job_json(job)
     location = url_for("jobs.get", job_id=job_id)
     commit_created(body, 202, location)
-    try:
-        queue().enqueue(job_type, job_id)
-    except BrokerUnavailable as exc:
-        log.warning("job %s is queued but its task was not published (broker: %s); the reaper will send it",
-                    job_id, exc)
-    else:
-        jobs.mark_published(db(), job.id)
-        db().commit()
+    publish(queue(), db(), job_type, job.id)
     return body, 202, {"Location": location}
 
 

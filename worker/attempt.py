@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import jobs
 from core.db import Job, JobStatus, utcnow
 from core.error_text import first_line
-from core.queue import send_job_task
+from core.queue import publish, send_job_task
 from core.settings import Settings
 from core.storage import ArtifactStore, ObjectNotFound, StorageError, job_prefix
 
@@ -54,15 +54,9 @@ class Context:
         send_job_task(self.app, job_type, job_id)
 
     def publish(self, job_type: str, job_id: uuid.UUID) -> None:
-        """Send the job's task message again (after a release); the reaper does it if this fails."""
-        try:
-            self.enqueue(job_type, str(job_id))
-        except Exception as exc:
-            log.warning("job %s: could not publish it again (%s); the reaper will", job_id, exc)
-            return
+        """Send the job's task message again (after a release); the reaper does it if the broker is away."""
         with self.session_factory() as session:
-            jobs.mark_published(session, job_id)
-            session.commit()
+            publish(self, session, job_type, job_id)
 
 
 class LeaseKeeper(threading.Thread):

@@ -18,16 +18,8 @@ import os
 from celery import Celery
 from kombu import Queue
 
+from core.queue import REAP, TASKS, TRAIN
 from core.settings import Settings, SettingsError, env_int
-
-TRAIN_TASK = "dcgan.train"
-GENERATE_TASK = "dcgan.generate"
-TRAIN_QUEUE = "train"
-GENERATE_QUEUE = "generate"
-REAP_TASK = "dcgan.reap"
-# Housekeeping (the reaper) has a queue of its own, so it is never stuck behind a training run:
-# `celery -A worker.celery_app worker -Q maintenance -B` runs beat and the reaper in one small process.
-MAINTENANCE_QUEUE = "maintenance"
 
 
 def make_celery(settings: Settings, threads: int | None = None) -> Celery:
@@ -51,13 +43,15 @@ def make_celery(settings: Settings, threads: int | None = None) -> Celery:
         # hand the job back at once; a prefork child would not hear the signal, and the job would wait out
         # its lease. A plain `celery -A worker.celery_app worker` gets it too; --pool still overrides it.
         worker_pool="solo",
-        task_queues=[Queue(TRAIN_QUEUE), Queue(GENERATE_QUEUE), Queue(MAINTENANCE_QUEUE)],
-        task_default_queue=TRAIN_QUEUE,
-        task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE}, GENERATE_TASK: {"queue": GENERATE_QUEUE},
-                     REAP_TASK: {"queue": MAINTENANCE_QUEUE}},
+        # Queues and routes from core.queue's table, the one the publishers read too. The reaper's queue is
+        # its own, so housekeeping never waits behind a training run: `dcgan reaper` runs beat and the
+        # reaper on it in one small process.
+        task_queues=[Queue(queue) for queue in dict.fromkeys(task.queue for task in TASKS)],
+        task_default_queue=TRAIN.queue,
+        task_routes={task.name: {"queue": task.queue} for task in TASKS},
         # Celery beat sends the reaper pass; a pass that could not run in time is dropped, not piled up.
-        beat_schedule={"reap": {"task": REAP_TASK, "schedule": float(settings.reap_seconds),
-                                "options": {"queue": MAINTENANCE_QUEUE, "expires": float(settings.reap_seconds)}}},
+        beat_schedule={"reap": {"task": REAP.name, "schedule": float(settings.reap_seconds),
+                                "options": {"queue": REAP.queue, "expires": float(settings.reap_seconds)}}},
         broker_transport_options={"visibility_timeout": settings.max_job_seconds + 3600},
         broker_connection_retry_on_startup=True,
         dcgan_settings=settings,

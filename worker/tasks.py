@@ -49,6 +49,7 @@ from core.gan.data import IMAGE_SUFFIXES, DataError, ImageSet, load_images
 from core.gan.errors import GanError
 from core.gan.sample import Sampler, SampleError, grid_image, parse_seeds, png_bytes
 from core.gan.train import Callbacks, Progress, train
+from core.queue import GENERATE, REAP, TRAIN
 from core.reaper import reap_once
 from core.settings import Settings
 from core.storage import ObjectNotFound, checkpoint_key, dataset_prefix, generator_key, grid_key, open_store, sample_key
@@ -94,17 +95,17 @@ def _get_context(app: Celery) -> Context:
         return _context
 
 
-@shared_task(name="dcgan.train", bind=True)
+@shared_task(name=TRAIN.name, bind=True)
 def train_task(self, job_id: str) -> None:
     _run_job(self.app, job_id, JobType.TRAIN, _train)
 
 
-@shared_task(name="dcgan.generate", bind=True)
+@shared_task(name=GENERATE.name, bind=True)
 def generate_task(self, job_id: str) -> None:
     _run_job(self.app, job_id, JobType.GENERATE, _generate)
 
 
-@shared_task(name="dcgan.reap", bind=True)
+@shared_task(name=REAP.name, bind=True)
 def reap_task(self) -> None:
     """Celery beat's periodic reaper pass (core.reaper), on the `maintenance` queue; the pass logs what it
     did, and nothing when it did nothing (every 15 s)."""
