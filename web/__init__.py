@@ -14,7 +14,7 @@ from .datasets import bp as datasets_bp
 from .generators import bp as generators_bp
 from .health import bp as health_bp
 from .jobs import bp as jobs_bp
-from .platform import attach, readiness_checks
+from .resources import attach, readiness_checks
 from .problems import register_error_handlers
 
 

@@ -17,7 +17,8 @@ from core.db import Artifact
 from core.storage import ObjectNotFound, generator_key, grid_key, sample_key
 
 from .jobs import job_or_404
-from .platform import db, get_by_id, store
+from .resources import db, store
+from .tenancy import get_by_id
 from .problems import Problem, validation_problem
 
 bp = Blueprint("artifacts", __name__, url_prefix="/v1/jobs")

@@ -2,7 +2,7 @@
 
 Every /v1/ route needs `Authorization: Bearer <key>` except the OpenAPI document; /healthz and /readyz
 are outside /v1/ and stay open. A missing, malformed, unknown or revoked key is answered 401 with
-`WWW-Authenticate: Bearer` before the view runs; a valid one sets the tenant that `platform.tenant_id()`
+`WWW-Authenticate: Bearer` before the view runs; a valid one sets the tenant that `tenancy.tenant_id()`
 returns, so every query the view makes is scoped to it. A path or method that matches no route is
 answered 404 / 405 as before: there is nothing behind it to protect.
 
@@ -31,7 +31,7 @@ from flask import Flask, current_app, g, request
 from core.auth import authenticate, hash_key
 from core.settings import Settings
 
-from .platform import db
+from .resources import db
 from .problems import Problem
 
 log = logging.getLogger(__name__)

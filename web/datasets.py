@@ -19,7 +19,8 @@ from core.db import Dataset
 from core.storage import StorageError, dataset_key, dataset_prefix
 
 from .idempotency import commit_upload, idempotent
-from .platform import get_by_id, newest_of_tenant, store, tenant_id
+from .resources import store
+from .tenancy import get_by_id, newest_of_tenant, tenant_id
 from .problems import Problem, validation_problem
 from .schemas import refused_upload, upload_name
 

@@ -27,7 +27,8 @@ from core.storage import uploaded_generator_key
 from core.weights import WeightsError, check_generator_weights
 
 from .idempotency import commit_upload, idempotent
-from .platform import get_by_id, newest_of_tenant, store, tenant_id
+from .resources import store
+from .tenancy import get_by_id, newest_of_tenant, tenant_id
 from .problems import Problem, validation_problem
 from .schemas import config_errors, refused_upload, upload_name
 

@@ -35,7 +35,8 @@ from sqlalchemy.exc import IntegrityError
 
 from core.db import IdempotencyRecord
 
-from .platform import db, tenant_id
+from .resources import db
+from .tenancy import tenant_id
 from .problems import Problem
 
 HEADER = "Idempotency-Key"

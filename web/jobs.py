@@ -22,7 +22,8 @@ from core.gan.seeds import SampleError, parse_seeds
 
 from .generators import visible_generator
 from .idempotency import commit_created, idempotency_key, idempotent
-from .platform import db, get_by_id, queue, tenant_id
+from .resources import db, queue
+from .tenancy import get_by_id, tenant_id
 from .problems import Problem, validation_problem
 from .schemas import GENERATE_JOB_REQUEST, check_fields, int_in_range, json_body, parse_train_request
 

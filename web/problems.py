@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from core.error_text import first_line
 
-from .platform import database_unavailable
+from .outages import database_unavailable
 
 PROBLEM_JSON = "application/problem+json"
 # What a 503 (an unreachable database, or /readyz not ready) tells clients to wait.

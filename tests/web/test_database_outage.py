@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, Program
 from core.db import make_engine, make_session_factory
 from core.settings import Settings
 from web import create_app
-from web.platform import database_unavailable
+from web.outages import database_unavailable
 
 TRAIN = {"dataset": "builtin:digits", "config": {"steps": 5, "img_size": 32, "img_channels": 1}}
 HAS_API_KEYS = importlib.util.find_spec("core.auth") is not None
@@ -58,7 +58,7 @@ def app(database_url, private_redis, tmp_path_factory):
 
     @app.get("/v1/test-only/bad-sql")
     def bad_sql():  # a genuine bug on a healthy database: must stay a 500
-        from web.platform import db
+        from web.resources import db
         db().execute(text("SELECT no_such_column FROM jobs"))
         return {}
 
