@@ -19,6 +19,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
+from core.job_states import JobStatus, JobType
+from core.request_models import BUILTIN_DATASETS
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 SEND_ATTEMPTS = 3
 
@@ -35,13 +38,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                        "<data-dir>/api-key)")
     actions = jobs.add_subparsers(dest="jobs_action", required=True)
     listing = actions.add_parser("list", help="jobs, newest first")
-    listing.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
-    listing.add_argument("--type", choices=["train", "generate"])
+    listing.add_argument("--status", choices=[status.value for status in JobStatus])
+    listing.add_argument("--type", choices=[job_type.value for job_type in JobType])
     listing.add_argument("--limit", type=int, default=20)
     actions.add_parser("get", help="one job: status, progress, error").add_argument("job_id")
     actions.add_parser("cancel", help="cancel a job").add_argument("job_id")
     train = actions.add_parser("train", help="submit a training job")
-    train.add_argument("--dataset", required=True, help="a dataset id or builtin:digits, builtin:fake, ...")
+    train.add_argument("--dataset", required=True, help=f"a dataset id or one of {', '.join(BUILTIN_DATASETS)}")
     train.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                        help="config fields (JSON values: 32, true, 0.5; anything else is a string)")
     train.add_argument("--max-runtime", type=int, metavar="SECONDS",
@@ -117,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.jobs_action == "cancel":
             answer = request("POST", f"/v1/jobs/{args.job_id}/cancel")
         else:
+            # A core.request_models.TrainJobRequest; the server validates it (and looks the dataset up).
             body = {"dataset": args.dataset, "config": parse_config(args.config)}
             if args.max_runtime is not None:
                 body["max_runtime_seconds"] = args.max_runtime

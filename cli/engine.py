@@ -11,12 +11,15 @@ import json
 import sys
 from pathlib import Path
 
+from core.gan.catalog import FOLDER_PREFIX, GRAYSCALE, NAMES
+from core.gan.seeds import DEFAULT_SEEDS, DEFAULT_TRUNCATION, TRUNCATION_MAX
+
 COMMANDS = ("train", "sample", "eval")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a DCGAN (or continue one with --resume)")
-    train.add_argument("--dataset", help="folder:<path>, digits, fashion-mnist, mnist, cifar10, celeba or fake")
+    train.add_argument("--dataset", help=f"{FOLDER_PREFIX}<path> or one of {', '.join(NAMES)}")
     train.add_argument("--out", type=Path, help="run directory (default with --resume: the checkpoint's run)")
     train.add_argument("--resume", type=Path, help="a training checkpoint (.pt) to continue from")
     train.add_argument("--img-size", type=int, dest="img_size")
@@ -30,11 +33,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     sample = sub.add_parser("sample", help="generate images for seeds from an exported generator")
     sample.add_argument("--generator", type=Path, required=True, help="generator.safetensors")
-    sample.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,9-12")
+    sample.add_argument("--seeds", default=DEFAULT_SEEDS, help=f"e.g. {DEFAULT_SEEDS} or 1,5,9-12")
     sample.add_argument("--grid", type=Path, help="write a grid PNG here")
     sample.add_argument("--nrow", type=int, help="images per grid row (default: square)")
     sample.add_argument("--images", type=Path, help="write one seed-000007.png per seed into this directory")
-    sample.add_argument("--truncation", type=float, default=1.0, help="(0, 1]; lower = less variety")
+    sample.add_argument("--truncation", type=float, default=DEFAULT_TRUNCATION,
+                        help=f"(0, {TRUNCATION_MAX:g}]; lower = less variety")
     sample.add_argument("--interpolate", metavar="A,B", help="write frames + GIF between seeds A and B")
     sample.add_argument("--frames", type=int, default=16)
     sample.add_argument("--gif", type=Path, help="GIF path for --interpolate (default interpolation.gif)")
@@ -83,7 +87,7 @@ def _train(args: argparse.Namespace, cache_dir: Path) -> int:
             raise ConfigError("out", "--out is required")
         if "steps" not in values and "epochs" not in values:
             raise ConfigError("steps", "give --steps or --epochs")
-        if args.dataset in ("digits", "fashion-mnist", "mnist"):
+        if args.dataset in GRAYSCALE:
             values.setdefault("img_channels", 1)  # grayscale datasets: don't train 3 identical channels
         config = TrainConfig.from_dict(values)
         dataset, out = args.dataset, args.out

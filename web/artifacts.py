@@ -14,12 +14,15 @@ from sqlalchemy import select
 
 from core import jobs
 from core.db import Artifact
+from core.request_models import GridQuery
 from core.storage import ObjectNotFound, generator_key, grid_key, sample_key
 
 from .jobs import job_or_404
+from .openapi import BINARY, REDIRECT, operation
 from .resources import db, store
 from .tenancy import get_by_id
-from .problems import Problem, validation_problem
+from .problems import Problem
+from .validation import query_input, validated
 
 bp = Blueprint("artifacts", __name__, url_prefix="/v1/jobs")
 PRESIGNED_SECONDS = 300
@@ -27,6 +30,7 @@ CHUNK = 1024 * 1024
 
 
 @bp.get("/<job_id>/artifacts")
+@operation("name, size, sha256, content type, step and download URL of each artifact", {200: "artifacts"})
 def list_(job_id: str):
     job = job_or_404(job_id)
     rows = jobs.list_artifacts(db(), job.id)
@@ -37,6 +41,7 @@ def list_(job_id: str):
 
 
 @bp.get("/<job_id>/artifacts/<artifact_id>")
+@operation("download one artifact (302 to a presigned URL on S3)", {200: BINARY, 302: REDIRECT})
 def download(job_id: str, artifact_id: str):
     job = job_or_404(job_id)
     artifact = get_by_id(Artifact, artifact_id, lambda row: row.job_id == job.id)
@@ -46,19 +51,18 @@ def download(job_id: str, artifact_id: str):
 
 
 @bp.get("/<job_id>/grid")
+@operation("the latest sample grid (the final one once finished); ?step= for an earlier one",
+           {200: BINARY, 302: REDIRECT}, query=GridQuery)
 def grid(job_id: str):
     job = job_or_404(job_id)
-    step = request.args.get("step")
-    if step is None:
-        key = grid_key(job.tenant_id, job.id)
-    elif step.isdigit() and int(step) < 10_000_000:
-        key = sample_key(job.tenant_id, job.id, int(step))
-    else:
-        raise validation_problem([{"field": "step", "message": "a step number"}])
-    return _send(_recorded(job.id, key, f"job {job_id} has no grid" + (f" at step {step}" if step else " yet")))
+    step = validated(GridQuery, query_input(request)).step
+    key = grid_key(job.tenant_id, job.id) if step is None else sample_key(job.tenant_id, job.id, step)
+    return _send(_recorded(job.id, key, f"job {job_id} has no grid" + (f" at step {step}" if step is not None
+                                                                       else " yet")))
 
 
 @bp.get("/<job_id>/generator")
+@operation("the exported generator.safetensors", {200: BINARY, 302: REDIRECT})
 def generator(job_id: str):
     job = job_or_404(job_id)
     return _send(_recorded(job.id, generator_key(job.tenant_id, job.id), f"job {job_id} has no exported generator yet"))

@@ -110,8 +110,13 @@ def unauthorized(detail: str, error: str | None = None) -> Problem:
                    headers={"WWW-Authenticate": challenge})
 
 
+def open_endpoint(endpoint: str | None, path: str) -> bool:
+    """Whether a route is served without a key."""
+    return not path.startswith("/v1/") or endpoint in OPEN_ENDPOINTS
+
+
 def _authenticate() -> None:
-    if not request.path.startswith("/v1/") or request.url_rule is None or request.endpoint in OPEN_ENDPOINTS:
+    if request.url_rule is None or open_endpoint(request.endpoint, request.path):
         return
     header = request.headers.get("Authorization")
     if header is None:

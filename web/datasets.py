@@ -16,13 +16,15 @@ from flask import Blueprint, current_app, request, url_for
 
 from core.archives import ArchiveError, Limits, archive_kind, read_images
 from core.db import Dataset
+from core.request_models import MAX_NAME_LENGTH, DatasetUpload
 from core.storage import StorageError, dataset_key, dataset_prefix
 
 from .idempotency import commit_upload, idempotent
+from .openapi import operation
+from .problems import Problem
 from .resources import store
 from .tenancy import get_by_id, newest_of_tenant, tenant_id
-from .problems import Problem, validation_problem
-from .schemas import refused_upload, upload_name
+from .validation import display_name, form_input, refused_upload, validated
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 
@@ -36,17 +38,14 @@ def dataset_json(dataset: Dataset) -> dict:
 
 
 @bp.post("")
+@operation("upload a .zip, .tar or .tar.gz of images (multipart field 'file')", {201: "the dataset"},
+           body=DatasetUpload, body_type="multipart/form-data")
 @idempotent
 def upload():
-    if request.mimetype != "multipart/form-data":
-        raise Problem(415, f"expected multipart/form-data with a 'file' field, got {request.mimetype or 'none'}")
-    upload = request.files.get("file")
-    if upload is None or not upload.filename:
-        raise validation_problem([{"field": "file", "message": "required: a .zip, .tar or .tar.gz of images"}])
-    unknown = sorted(set(request.form) - {"name"} | set(request.files) - {"file"})
-    if unknown:
-        raise validation_problem([{"field": name, "message": "unknown field"} for name in unknown])
-    name = upload_name(request.form.get("name"), upload.filename, "dataset")
+    data, errors = form_input(request, "a 'file' field")
+    form = validated(DatasetUpload, data, errors)
+    upload = form.file
+    name = display_name(form.name, upload.filename, "dataset", MAX_NAME_LENGTH)
     try:
         # app.config["ARCHIVE_LIMITS"] (a core.archives.Limits) lowers the limits for an embedding or a test
         limits = current_app.config.get("ARCHIVE_LIMITS") or Limits()
@@ -74,11 +73,13 @@ def upload():
 
 
 @bp.get("")
+@operation("datasets, newest first", {200: "datasets"})
 def list_():
     return {"datasets": [dataset_json(d) for d in newest_of_tenant(Dataset)]}
 
 
 @bp.get("/<dataset_id>")
+@operation("one dataset", {200: "the dataset"})
 def get(dataset_id: str):
     dataset = get_by_id(Dataset, dataset_id, lambda row: row.tenant_id == tenant_id())
     if dataset is None:

@@ -14,7 +14,6 @@ Generate jobs then sample it: `POST /v1/jobs/generate {"generator": "<id>", "see
 
 from __future__ import annotations
 
-import json
 import tempfile
 import uuid
 from typing import Any
@@ -22,18 +21,18 @@ from typing import Any
 from flask import Blueprint, current_app, request, url_for
 
 from core.db import Generator
-from core.gan.config import ConfigError, TrainConfig
+from core.request_models import MAX_NAME_LENGTH, GeneratorUpload
 from core.storage import uploaded_generator_key
 from core.weights import WeightsError, check_generator_weights
 
 from .idempotency import commit_upload, idempotent
+from .openapi import operation
+from .problems import Problem
 from .resources import store
 from .tenancy import get_by_id, newest_of_tenant, tenant_id
-from .problems import Problem, validation_problem
-from .schemas import config_errors, refused_upload, upload_name
+from .validation import display_name, form_input, refused_upload, validated
 
 bp = Blueprint("generators", __name__, url_prefix="/v1/generators")
-FORM_FIELDS = {"config", "name"}
 
 
 def generator_json(row: Generator) -> dict[str, Any]:
@@ -42,46 +41,16 @@ def generator_json(row: Generator) -> dict[str, Any]:
             "links": {"self": url_for("generators.get", generator_id=str(row.id))}}
 
 
-def parse_generator_config(raw: str) -> tuple[TrainConfig | None, list[dict[str, str]]]:
-    """The config form field as a validated TrainConfig, or the field errors."""
-    try:
-        document = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None, [{"field": "config", "message": "not valid JSON: give the generator's config as a JSON object"}]
-    if not isinstance(document, dict):
-        return None, [{"field": "config", "message": "must be a JSON object of config fields"}]
-    if "steps" not in document and "epochs" not in document:
-        document = {**document, "steps": 1}
-    try:
-        return TrainConfig.from_dict(document), []
-    except ConfigError as exc:
-        return None, config_errors(exc)
-
-
 @bp.post("")
+@operation("upload generator weights (.safetensors) with their config; checked against the config before "
+           "anything is stored, pickles refused unread", {201: "the generator"}, body=GeneratorUpload,
+           body_type="multipart/form-data")
 @idempotent
 def upload():
-    if request.mimetype != "multipart/form-data":
-        raise Problem(415, f"expected multipart/form-data with 'file' and 'config' fields, got "
-                           f"{request.mimetype or 'none'}")
-    errors: list[dict[str, str]] = []
-    unknown = sorted(set(request.form) - FORM_FIELDS | set(request.files) - {"file"})
-    errors += [{"field": name, "message": "unknown field"} for name in unknown]
-    errors += [{"field": name, "message": "given more than once"} for name in sorted(FORM_FIELDS | {"file"})
-               if len(request.form.getlist(name)) + len(request.files.getlist(name)) > 1]
-    weights = request.files.get("file")
-    if weights is None or not weights.filename:
-        errors.append({"field": "file", "message": "required: the generator's weights as a .safetensors file"})
-    config = None
-    if "config" not in request.form:
-        errors.append({"field": "config", "message": "required: the generator's config as a JSON object"})
-    else:
-        config, config_errors = parse_generator_config(request.form["config"])
-        errors += config_errors
-    if errors:
-        raise validation_problem(errors)
-    assert weights is not None and config is not None
-    name = upload_name(request.form.get("name"), weights.filename, "generator")
+    data, errors = form_input(request, "'file' and 'config' fields")
+    form = validated(GeneratorUpload, data, errors)
+    weights, config = form.file, form.config
+    name = display_name(form.name, weights.filename, "generator", MAX_NAME_LENGTH)
     generator_id = uuid.uuid4()
     key = uploaded_generator_key(tenant_id(), generator_id)
     with tempfile.TemporaryFile(prefix="dcgan-generator-") as copy:
@@ -98,20 +67,15 @@ def upload():
 
 
 @bp.get("")
+@operation("uploaded generators, newest first", {200: "generators"})
 def list_():
     return {"generators": [generator_json(row) for row in newest_of_tenant(Generator)]}
 
 
 @bp.get("/<generator_id>")
+@operation("one uploaded generator", {200: "the generator"})
 def get(generator_id: str):
-    row = visible_generator(generator_id)
+    row = get_by_id(Generator, generator_id, lambda row: row.tenant_id == tenant_id())
     if row is None:
         raise Problem(404, f"no generator {generator_id[:100]!r}")
     return generator_json(row)
-
-
-def visible_generator(raw_id: Any) -> Generator | None:
-    """The request tenant's generator with this id; None for a malformed id or another tenant's."""
-    if not isinstance(raw_id, str):
-        return None
-    return get_by_id(Generator, raw_id, lambda row: row.tenant_id == tenant_id())

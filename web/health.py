@@ -9,18 +9,20 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
+from .openapi import openapi_document, operation
 from .problems import UNAVAILABLE_RETRY_AFTER_SECONDS, Problem
-from .schemas import openapi_document
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@operation("the process answers", {200: "ok"})
 def healthz():
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
+@operation("database, broker and storage reachable", {200: "ready"}, problems=(503,))
 def readyz():
     failures = {}
     for name, check in current_app.config.get("READINESS_CHECKS", {}).items():
@@ -35,5 +37,8 @@ def readyz():
 
 
 @bp.get("/v1/openapi.json")
+@operation("this document", {200: "ok"})
 def openapi():
-    return jsonify(openapi_document())
+    if "OPENAPI" not in current_app.config:  # the routes do not change once the app is built
+        current_app.config["OPENAPI"] = openapi_document(current_app)
+    return jsonify(current_app.config["OPENAPI"])

@@ -77,6 +77,7 @@ def idempotent(view: Callable[..., Any]) -> Callable[..., Any]:
                                "commit_created(): the Idempotency-Key was not recorded")
         return response
 
+    wrapper.idempotent = True  # web.openapi documents the Idempotency-Key header on this operation
     return wrapper
 
 

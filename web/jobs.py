@@ -16,19 +16,18 @@ from flask import Blueprint, current_app, request, url_for
 from sqlalchemy import func, select
 
 from core import jobs
-from core.db import Dataset, Job, JobStatus, JobType
+from core.db import Job, JobStatus, JobType
 from core.queue import publish
-from core.gan.seeds import SampleError, parse_seeds
+from core.request_models import BUILTIN_PREFIX, GenerateJobRequest, JobListQuery, TrainJobRequest
 
-from .generators import visible_generator
 from .idempotency import commit_created, idempotency_key, idempotent
-from .resources import db, queue
-from .tenancy import get_by_id, tenant_id
+from .openapi import JOB, operation
 from .problems import Problem, validation_problem
-from .schemas import GENERATE_JOB_REQUEST, check_fields, int_in_range, json_body, parse_train_request
+from .resources import db, queue
+from .tenancy import tenant_id
+from .validation import TenantLookups, json_body, query_input, validated
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
-MAX_LIST_LIMIT = 200
 QUEUE_FULL_RETRY_SECONDS = 30
 
 
@@ -90,15 +89,15 @@ def _check_queued_cap(tenant: uuid.UUID) -> None:
 
 
 @bp.post("/train")
+@operation("submit a training job", {202: JOB}, body=TrainJobRequest)
 @idempotent
 def create_train():
-    dataset, config, runtime = parse_train_request(json_body(request), lambda ref: _dataset(ref) is not None,
-                                                   current_app.config["SETTINGS"].max_job_seconds)
-    found = None if dataset.startswith("builtin:") else _dataset(dataset)
-    dataset_id = found.id if found is not None else None
-    job_request = {"dataset": dataset, **({"max_runtime_seconds": runtime} if runtime is not None else {})}
-    job = jobs.create_job(db(), tenant_id(), JobType.TRAIN, config.to_dict(), job_request,
-                          dataset_id=dataset_id, max_attempts=_max_attempts())
+    lookups = TenantLookups()
+    submitted = validated(TrainJobRequest, json_body(request), lookups=lookups,
+                          max_runtime_seconds=current_app.config["SETTINGS"].max_job_seconds)
+    dataset = None if submitted.dataset.startswith(BUILTIN_PREFIX) else lookups.dataset(submitted.dataset)
+    job = jobs.create_job(db(), tenant_id(), JobType.TRAIN, submitted.config.to_dict(), submitted.stored(),
+                          dataset_id=dataset.id if dataset is not None else None, max_attempts=_max_attempts())
     return _accepted(job)
 
 
@@ -106,98 +105,44 @@ def _max_attempts() -> int:
     return current_app.config["SETTINGS"].max_attempts
 
 
-def _dataset(dataset: str) -> Dataset | None:
-    return get_by_id(Dataset, dataset, lambda row: row.tenant_id == tenant_id())
-
-
 @bp.post("/generate")
+@operation("generate images for seeds from a succeeded training job or an uploaded generator", {202: JOB},
+           body=GenerateJobRequest)
 @idempotent
 def create_generate():
-    body = json_body(request)
-    errors = check_fields(body, GENERATE_JOB_REQUEST)
-    seeds: list[int] = []
-    if "seeds" in body:
-        try:
-            raw = body["seeds"]
-            if not isinstance(raw, (str, list)) or (isinstance(raw, list) and not all(
-                    isinstance(s, int) and not isinstance(s, bool) for s in raw)):
-                raise SampleError("seeds: give a list of integers or a range like 0-63")
-            seeds = parse_seeds(raw)
-        except SampleError as exc:
-            errors.append({"field": "seeds", "message": str(exc).removeprefix("seeds: ")})
-    truncation = body.get("truncation", 1.0)
-    if not isinstance(truncation, (int, float)) or isinstance(truncation, bool) or not 0 < truncation <= 1:
-        errors.append({"field": "truncation", "message": "must be a number in (0, 1]"})
-    nrow = body.get("nrow", 8)
-    if not int_in_range(nrow, 1, 64):
-        errors.append({"field": "nrow", "message": "must be an integer from 1 to 64"})
-    parent = uploaded = None
-    if ("generator" in body) == ("generator_job" in body):
-        errors.append({"field": "generator", "message": "give exactly one of generator (an uploaded generator's "
-                                                        "id) and generator_job (a succeeded training job's id)"})
-    elif "generator_job" in body:
-        parent = _parent_job(body["generator_job"], errors)
+    lookups = TenantLookups()
+    submitted = validated(GenerateJobRequest, json_body(request), lookups=lookups)
+    if submitted.generator is not None:
+        uploaded = lookups.generator(submitted.generator)
+        job = jobs.create_job(db(), tenant_id(), JobType.GENERATE, uploaded.config, submitted.stored(),
+                              generator_id=uploaded.id, max_attempts=_max_attempts())
     else:
-        uploaded = visible_generator(body["generator"])
-        if uploaded is None:
-            errors.append({"field": "generator", "message": f"no generator {str(body['generator'])[:100]!r}"})
-    if errors:
-        raise validation_problem(errors)
-    sampling = {"seeds": seeds, "truncation": float(truncation), "nrow": nrow}
-    if uploaded is not None:
-        job = jobs.create_job(db(), tenant_id(), JobType.GENERATE, uploaded.config,
-                              {"generator": str(uploaded.id), **sampling}, generator_id=uploaded.id,
-                              max_attempts=_max_attempts())
-        return _accepted(job)
-    assert parent is not None
-    request_doc = {"generator_job": str(parent.id), **sampling}
-    job = jobs.create_job(db(), parent.tenant_id, JobType.GENERATE, parent.config, request_doc,
-                          parent_job_id=parent.id, max_attempts=_max_attempts())
+        parent = lookups.train_job(submitted.generator_job)
+        job = jobs.create_job(db(), parent.tenant_id, JobType.GENERATE, parent.config, submitted.stored(),
+                              parent_job_id=parent.id, max_attempts=_max_attempts())
     return _accepted(job)
 
 
-def _parent_job(value: Any, errors: list[dict[str, str]]) -> Job | None:
-    try:
-        parent = jobs.get_job(db(), tenant_id(), uuid.UUID(str(value)))
-    except ValueError:
-        parent = None
-    if parent is None or parent.type != JobType.TRAIN:
-        errors.append({"field": "generator_job", "message": f"no training job {value!r}"})
-        return None
-    if parent.status != JobStatus.SUCCEEDED:
-        errors.append({"field": "generator_job", "message": f"training job is {parent.status}, not succeeded"})
-        return None
-    return parent
-
-
 @bp.get("/<job_id>")
+@operation("status and progress", {200: JOB})
 def get(job_id: str):
     return job_json(job_or_404(job_id))
 
 
 @bp.get("")
+@operation("jobs, newest first", {200: "a page of jobs and next_cursor"}, query=JobListQuery)
 def list_():
-    status, job_type = request.args.get("status"), request.args.get("type")
-    errors = []
-    if status is not None and status not in {s.value for s in JobStatus}:
-        errors.append({"field": "status", "message": f"one of {', '.join(s.value for s in JobStatus)}"})
-    if job_type is not None and job_type not in {t.value for t in JobType}:
-        errors.append({"field": "type", "message": f"one of {', '.join(t.value for t in JobType)}"})
-    limit_raw = request.args.get("limit", "50")
-    limit = int(limit_raw) if limit_raw.isdigit() else 0
-    if not 1 <= limit <= MAX_LIST_LIMIT:
-        errors.append({"field": "limit", "message": f"an integer from 1 to {MAX_LIST_LIMIT}"})
-    if errors:
-        raise validation_problem(errors)
+    query = validated(JobListQuery, query_input(request))
     try:
-        found, cursor = jobs.list_jobs(db(), tenant_id(), status=status, type=job_type, limit=limit,
-                                       cursor=request.args.get("cursor"))
+        found, cursor = jobs.list_jobs(db(), tenant_id(), status=query.status, type=query.type, limit=query.limit,
+                                       cursor=query.cursor)
     except jobs.BadCursor:
         raise validation_problem([{"field": "cursor", "message": "not a cursor this API returned"}]) from None
     return {"jobs": [job_json(job) for job in found], "next_cursor": cursor}
 
 
 @bp.post("/<job_id>/cancel")
+@operation("queued jobs never start; running ones stop at the next step", {202: JOB}, problems=(409,))
 def cancel(job_id: str):
     job = job_or_404(job_id)
     try:
@@ -211,6 +156,7 @@ def cancel(job_id: str):
 
 
 @bp.get("/<job_id>/events")
+@operation("the job's timeline", {200: "events"})
 def events(job_id: str):
     job = job_or_404(job_id)
     return {"events": [{"at": _iso(e.at), "kind": e.kind, "attempt": e.attempt, "detail": e.detail}

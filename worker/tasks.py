@@ -47,9 +47,10 @@ from core.gan.checkpoint import CheckpointError
 from core.gan.config import TrainConfig
 from core.gan.data import IMAGE_SUFFIXES, DataError, ImageSet, load_images
 from core.gan.errors import GanError
-from core.gan.sample import Sampler, SampleError, grid_image, parse_seeds, png_bytes
+from core.gan.sample import Sampler, SampleError, grid_image, png_bytes
 from core.gan.train import Callbacks, Progress, train
 from core.queue import GENERATE, REAP, TRAIN
+from core.request_models import GenerateJobRequest, builtin_dataset
 from core.reaper import reap_once
 from core.settings import Settings
 from core.storage import ObjectNotFound, checkpoint_key, dataset_prefix, generator_key, grid_key, open_store, sample_key
@@ -59,7 +60,6 @@ from worker.attempt import Attempt, Context, FencedOut, StorageUnavailable
 
 log = get_task_logger(__name__)
 
-BUILTIN_DATASETS = ("digits", "fashion-mnist", "fake")
 # The job row is written at most this often while training: often enough for a live progress bar,
 # rarely enough that a fast GPU run does not spend its time in the database.
 SYNC_SECONDS = 1.0
@@ -284,16 +284,10 @@ def _load_dataset(run: Attempt, reference: Any, config: TrainConfig, folder: Pat
     cache_dir = run.context.settings.data_dir / "cache" / "datasets"
     if not isinstance(reference, str) or not reference:
         raise DataError("dataset: the job names no dataset")
-    if reference.startswith("builtin:"):
-        name = reference.removeprefix("builtin:")
-        if name not in BUILTIN_DATASETS:
-            raise DataError(f"dataset {reference!r}: unknown builtin; use one of "
-                            f"{', '.join('builtin:' + n for n in BUILTIN_DATASETS)}")
+    name = builtin_dataset(reference)  # DataError for an unknown builtin or a malformed id
+    if name is not None:
         return load_images(name, config.img_size, config.img_channels, cache_dir=cache_dir)
-    try:
-        dataset_id = uuid.UUID(reference)
-    except ValueError:
-        raise DataError(f"dataset {reference!r}: neither a dataset id nor builtin:<name>") from None
+    dataset_id = uuid.UUID(reference)
     prefix = dataset_prefix(run.tenant_id, dataset_id)
     keys = [key for key in run.store.list(prefix) if key.lower().endswith(IMAGE_SUFFIXES)]
     if not keys:
@@ -329,13 +323,11 @@ def _fetch_checkpoint(run: Attempt, artifact: Artifact, folder: Path, notes: lis
 
 def _generate(run: Attempt) -> None:
     job = run.job()
-    request = job.request
-    parent = job.parent_job_id or request.get("generator_job")
+    asked = GenerateJobRequest.from_stored(job.request)  # SampleError: FAILED as sample_error
+    parent = job.parent_job_id or asked.generator_job
     if not parent and job.generator_id is None:
         raise SampleError("generator_job: the job names no train job or uploaded generator to sample from")
-    seeds = parse_seeds(request.get("seeds", "0-63"))
-    truncation = float(request.get("truncation", 1.0))
-    nrow = int(request.get("nrow", 8))
+    seeds, truncation, nrow = asked.seeds, asked.truncation, asked.nrow
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory(prefix="dcgan-generate-") as tmp:
         path = Path(tmp) / "generator.safetensors"

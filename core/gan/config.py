@@ -3,6 +3,13 @@
 Defaults follow the DCGAN paper (Radford et al., 2015, section 3 "Details of adversarial training") and
 the seed article the project grew from. The same field names are used by the CLI (`--set key=value`), the
 API's JSON, the job row and every checkpoint, so a checkpoint alone is enough to rebuild its generator.
+
+Each field declares its allowed values once (`Bounds`, `OneOf`); `TrainConfig.problems()` checks them and
+`TrainConfig.json_schema()` publishes them (the API's OpenAPI document), so the two cannot disagree. Values
+are typed first (`_coerce`: JSON values and the CLI's strings) and ranges checked only once every value has
+its type, all problems at once. No validation library on purpose: this is the engine's contract with the
+CLI, the worker and every checkpoint, and core.gan stays free of the platform's libraries; the API wraps it
+as one field of its pydantic request models (core.job_requests).
 """
 
 from __future__ import annotations
@@ -30,31 +37,80 @@ class ConfigError(GanError):
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """A number's allowed interval, declared once on its field: the check and the JSON schema both read it."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+    note: str = ""  # said after the interval in the message, e.g. "(0 disables)"
+
+    def problem(self, name: str, value: float) -> ConfigError | None:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        if above and below:
+            return None
+        if isinstance(value, int) and not self.low_open and not self.high_open:
+            return ConfigError(name, f"must be between {self.low} and {self.high}, got {value}")
+        interval = f"{'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        return ConfigError(name, f"must be in {interval}{' ' + self.note if self.note else ''}, got {value}")
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"exclusiveMinimum" if self.low_open else "minimum": self.low,
+                "exclusiveMaximum" if self.high_open else "maximum": self.high}
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """The values a field may take, declared once on its field."""
+
+    choices: tuple[Any, ...]
+
+    def problem(self, name: str, value: Any) -> ConfigError | None:
+        if value in self.choices:
+            return None
+        shown = repr(value) if isinstance(value, str) else value
+        return ConfigError(name, f"must be one of {', '.join(map(str, self.choices))}, got {shown}")
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"enum": list(self.choices)}
+
+
+def _field(default: Any, check: Bounds | OneOf | None = None, description: str | None = None) -> Any:
+    return dataclasses.field(default=default, metadata={"check": check, "description": description})
+
+
+_COUNT = Bounds(1, 10_000_000)
+_CADENCE = Bounds(0, 10_000_000)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     # Output resolution; the number of up/down blocks follows from it (4 -> img_size by doubling).
-    img_size: int = 64
+    img_size: int = _field(64, OneOf(IMG_SIZES))
     # 1 for grayscale datasets (digits, MNIST), 3 for RGB.
-    img_channels: int = 3
+    img_channels: int = _field(3, OneOf((1, 3)))
     # Length of the noise vector z; the paper's 100.
-    z_dim: int = 100
+    z_dim: int = _field(100, Bounds(1, 4096))
     # Width of G's last hidden block (pytorch/examples' ngf); deeper blocks double it.
-    g_channels: int = 64
+    g_channels: int = _field(64, Bounds(1, 1024))
     # Width of D's first block (ndf); deeper blocks double it.
-    d_channels: int = 64
+    d_channels: int = _field(64, Bounds(1, 1024))
     # The paper trains with mini-batches of 128; pytorch/examples and the seed article use 64.
-    batch_size: int = 64
+    batch_size: int = _field(64, Bounds(1, 4096))
     # Total work as G updates; exactly one of steps/epochs is set (steps wins when both are given).
-    steps: int | None = None
+    steps: int | None = _field(None, _COUNT)
     # Total work as passes over the dataset, used when steps is None.
-    epochs: int | None = None
+    epochs: int | None = _field(None, Bounds(1, 100_000))
     # Adam learning rate for both nets; the paper found 1e-3 too high and used 2e-4.
-    lr: float = 2e-4
+    lr: float = _field(2e-4, Bounds(0, 1, low_open=True))
     # Adam beta1; the paper lowered it from 0.9 to 0.5 because 0.9 oscillated.
-    beta1: float = 0.5
+    beta1: float = _field(0.5, Bounds(0, 1, high_open=True))
     # Adam beta2; the library default, kept by the paper.
-    beta2: float = 0.999
+    beta2: float = _field(0.999, Bounds(0, 1, high_open=True))
     # "bce": the non-saturating GAN loss of the paper; "hinge": the SNGAN/BigGAN hinge loss.
-    loss: str = "bce"
+    loss: str = _field("bce", OneOf(LOSSES))
     # Spectral norm on D's convs (Miyato et al. 2018); it replaces D's BatchNorm, which fights it.
     spectral_norm: bool = False
     # Minibatch standard-deviation channel before D's last conv (Karras et al. 2018): the
@@ -64,25 +120,26 @@ class TrainConfig:
     # subset of color,translation,cutout; "" disables. On by default because we measured it: on
     # digits (1,797 images) D otherwise memorises the data and G stalls (bench/quality.py: FID 479
     # with all three vs 1439 without after 150 steps at width 32; translation alone 596).
-    diffaugment: str = "color,translation,cutout"
+    diffaugment: str = _field("color,translation,cutout", description=f"comma-separated subset of "
+                                                                        f"{','.join(AUGMENTS)}; '' disables")
     # Decay of the exponential moving average of G's weights used for sampling; 0 disables.
     # Averaged weights give visibly smoother samples at no training cost (Yazici et al. 2019).
-    ema: float = 0.999
+    ema: float = _field(0.999, Bounds(0, 1, high_open=True, note="(0 disables)"))
     # Render the fixed-noise grid every this many steps (0: only at the end).
-    sample_every: int = 100
+    sample_every: int = _field(100, _CADENCE)
     # Write a full-state checkpoint every this many steps (0: only at the end / on stop).
-    checkpoint_every: int = 500
+    checkpoint_every: int = _field(500, _CADENCE)
     # Seeds weights, noise, data order and augmentation; same seed + same device = same run.
-    seed: int = 0
+    seed: int = _field(0, Bounds(0, 2**63 - 1))
     # "auto" picks what measured fastest: bf16 autocast on CPUs with native bf16 (AMX/AVX512-BF16),
     # else fp32 (on CUDA with TF32 convs); "bf16"/"fp16" force autocast (fp16 with a grad scaler).
-    precision: str = "auto"
+    precision: str = _field("auto", OneOf(PRECISIONS))
     # NHWC memory layout: faster convolutions with oneDNN and cuDNN.
     channels_last: bool = True
     # torch.compile G and D; pays a compile on start, wins on long runs.
     compile: bool = False
     # How many images the fixed-noise sample grid shows.
-    num_samples: int = 64
+    num_samples: int = _field(64, Bounds(1, 1024))
 
     # ----- derived -----
     @property
@@ -98,8 +155,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        """Build and validate; unknown keys and bad values raise ConfigError naming the field."""
+    def from_dict(cls, data: Mapping[str, Any], cli_strings: bool = True) -> "TrainConfig":
+        """Build and validate; unknown keys and bad values raise ConfigError naming the field.
+
+        `cli_strings`: a number or a boolean may be given as a string, as `--set key=value` gives every
+        value. False (the API's JSON): each value must have its JSON type, as the published schema says."""
         if not isinstance(data, Mapping):
             raise ConfigError("config", "must be an object of field names to values")
         known = {f.name: f for f in dataclasses.fields(cls)}
@@ -109,7 +169,7 @@ class TrainConfig:
         for name, value in data.items():
             if name in known:
                 try:
-                    values[name] = _coerce(name, known[name], value)
+                    values[name] = _coerce(name, known[name], value, cli_strings)
                 except ConfigError as exc:
                     unusable.append(exc)
         problems += unusable
@@ -132,50 +192,46 @@ class TrainConfig:
             raise problems[0]
 
     def problems(self) -> Iterator[ConfigError]:
-        if self.img_size not in IMG_SIZES:
-            yield ConfigError("img_size", f"must be one of {', '.join(map(str, IMG_SIZES))}, got {self.img_size}")
-        if self.img_channels not in (1, 3):
-            yield ConfigError("img_channels", f"must be 1 or 3, got {self.img_channels}")
-        for name, low, high in (("z_dim", 1, 4096), ("g_channels", 1, 1024), ("d_channels", 1, 1024),
-                                ("batch_size", 1, 4096), ("num_samples", 1, 1024)):
-            yield from _check_range(name, getattr(self, name), low, high)
-        if self.steps is None and self.epochs is None:
-            yield ConfigError("steps", "give the total work as steps or epochs")
-        if self.steps is not None:
-            yield from _check_range("steps", self.steps, 1, 10_000_000)
-        if self.epochs is not None:
-            yield from _check_range("epochs", self.epochs, 1, 100_000)
-        for name in ("sample_every", "checkpoint_every"):
-            yield from _check_range(name, getattr(self, name), 0, 10_000_000)
-        yield from _check_range("seed", self.seed, 0, 2**63 - 1)
-        if not 0 < self.lr <= 1:
-            yield ConfigError("lr", f"must be in (0, 1], got {self.lr}")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                yield ConfigError(name, f"must be in [0, 1), got {getattr(self, name)}")
-        if not 0 <= self.ema < 1:
-            yield ConfigError("ema", f"must be in [0, 1) (0 disables), got {self.ema}")
-        if self.loss not in LOSSES:
-            yield ConfigError("loss", f"must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.precision not in PRECISIONS:
-            yield ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        """Every value outside its field's declared check, in field order, and the rules across fields."""
+        for field in dataclasses.fields(self):
+            if field.name == "steps" and self.steps is None and self.epochs is None:
+                yield ConfigError("steps", "give the total work as steps or epochs")
+            value, check = getattr(self, field.name), field.metadata.get("check")
+            if check is not None and value is not None:
+                problem = check.problem(field.name, value)
+                if problem is not None:
+                    yield problem
         bad = [p for p in self.aug_policies if p not in AUGMENTS]
         if bad:
             yield ConfigError("diffaugment", f"unknown policy {bad[0]!r}; use a comma-separated subset of "
                                              f"{','.join(AUGMENTS)}")
 
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The JSON Schema of a config as `from_dict` accepts it, from the same declarations its checks use."""
+        properties: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            kind = str(field.type)
+            base = _JSON_TYPES[kind.replace("| None", "").strip()]
+            schema: dict[str, Any] = {"type": [base, "null"] if "None" in kind else base}
+            if field.default is not None:
+                schema["default"] = field.default
+            if field.metadata.get("check") is not None:
+                schema.update(field.metadata["check"].json_schema())
+            if field.metadata.get("description"):
+                schema["description"] = field.metadata["description"]
+            properties[field.name] = schema
+        return {"title": "TrainConfig", "type": "object", "properties": properties, "additionalProperties": False,
+                "anyOf": [{"required": ["steps"]}, {"required": ["epochs"]}],
+                "description": "DCGAN training config; give steps or epochs. Same names as the CLI's --set."}
 
-def _check_range(name: str, value: int, low: int, high: int) -> Iterator[ConfigError]:
-    if not low <= value <= high:
-        yield ConfigError(name, f"must be between {low} and {high}, got {value}")
-
-
+_JSON_TYPES = {"int": "integer", "float": "number", "str": "string", "bool": "boolean"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
-    """Accept JSON values and the strings of CLI `--set key=value`; reject anything else."""
+def _coerce(name: str, f: dataclasses.Field, value: Any, cli_strings: bool = True) -> Any:
+    """Accept JSON values (and, with `cli_strings`, the strings of CLI `--set key=value`); reject anything else."""
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     optional = "None" in kind
     if value is None:
@@ -183,6 +239,8 @@ def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
             return None
         raise ConfigError(name, "must not be null")
     base = kind.replace("| None", "").strip()
+    if not cli_strings and isinstance(value, str) and base != "str":
+        raise ConfigError(name, f"expected {base}, got {value!r}")
     try:
         if base == "bool":
             if isinstance(value, bool):

@@ -1,8 +1,9 @@
 """Training images by name, decoded once into a uint8 tensor and cached on disk.
 
-Names: `folder:<path>`, `digits` (scikit-learn's bundled 8x8 digits), `fashion-mnist` (Debian's
-`dataset-fashion-mnist` files when present, else torchvision's downloader), `mnist`, `cifar10`, `celeba`
-(torchvision, downloaded when the machine is online) and `fake` (seeded noise, for smoke tests).
+Names: `folder:<path>` (a directory tree of images) and the datasets of core.gan.catalog: `digits`
+(scikit-learn's bundled 8x8 digits), `fashion-mnist` (Debian's `dataset-fashion-mnist` files when present,
+else torchvision's downloader), `mnist`, `cifar10`, `celeba` (torchvision, downloaded when the machine is
+online) and `fake` (seeded noise, for smoke tests).
 
 Preprocessing is the seed article's: Resize(img_size) + CenterCrop(img_size), then [-1, 1] at batch time
 (`to_model_range`). Decoding happens once per (source files, size, channels): the result is an .npy file in
@@ -23,18 +24,13 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from .errors import GanError
+from .catalog import FOLDER_PREFIX, NAMES, DataError
 from .atomic_files import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-BUILTIN = ("digits", "fashion-mnist", "mnist", "cifar10", "celeba", "fake")
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # refuse decompression bombs long before memory runs out
 CACHE_VERSION = "2"  # bump when preprocessing changes so stale caches are not reused
-
-
-class DataError(GanError):
-    """A dataset that cannot be used; the message names the dataset or file."""
 
 
 @dataclass(frozen=True)
@@ -62,8 +58,8 @@ def to_uint8(batch: torch.Tensor) -> torch.Tensor:
 def load_images(name: str, img_size: int, img_channels: int, cache_dir: Path | None = None,
                 download_root: Path | None = None) -> ImageSet:
     """Return the dataset `name` at img_size x img_size with img_channels channels."""
-    if name.startswith("folder:"):
-        return _cached(name, _folder_source(Path(name[len("folder:"):])), img_size, img_channels, cache_dir)
+    if name.startswith(FOLDER_PREFIX):
+        return _cached(name, _folder_source(Path(name[len(FOLDER_PREFIX):])), img_size, img_channels, cache_dir)
     if name == "fake":
         return ImageSet(name, _fake_images(img_size, img_channels), "fake")
     loaders: dict[str, Callable[[Path | None], _Source]] = {
@@ -74,7 +70,7 @@ def load_images(name: str, img_size: int, img_channels: int, cache_dir: Path | N
         "celeba": lambda root: _torchvision_source("CelebA", root),
     }
     if name not in loaders:
-        raise DataError(f"dataset {name!r}: unknown; use folder:<path> or one of {', '.join(BUILTIN)}")
+        raise DataError(f"dataset {name!r}: unknown; use {FOLDER_PREFIX}<path> or one of {', '.join(NAMES)}")
     root = download_root or (cache_dir / "downloads" if cache_dir else Path(tempfile.gettempdir()) / "dcgan-data")
     return _cached(name, loaders[name](root), img_size, img_channels, cache_dir)
 

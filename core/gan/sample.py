@@ -29,7 +29,7 @@ from .checkpoint import CheckpointError, load_module_state, read_generator
 from .atomic_files import atomic_write
 from .config import TrainConfig
 from .data import to_uint8
-from .seeds import MAX_SEEDS, SampleError, parse_seeds  # noqa: F401  (torch-free, shared with the API)
+from .seeds import MAX_SEEDS, SampleError, check_truncation, parse_seeds  # noqa: F401  (shared with the API)
 from .models import Generator, build_generator
 
 # Every forward pass sees exactly this many samples (the last chunk is padded), so a batch-size-dependent
@@ -56,8 +56,7 @@ def noise_for_seeds(seeds: Sequence[int], z_dim: int, truncation: float = 1.0) -
     Truncation psi in (0, 1] pulls z towards the mean of its prior (0), trading variety for fidelity as
     StyleGAN's truncation trick does (Karras et al., 2019); 1.0 leaves z as drawn.
     """
-    if not 0 < truncation <= 1:
-        raise SampleError(f"truncation must be in (0, 1], got {truncation}")
+    check_truncation(truncation)
     rows = [torch.randn(z_dim, generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
     if not rows:
         return torch.empty(0, z_dim, 1, 1)

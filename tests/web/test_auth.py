@@ -183,7 +183,7 @@ def test_a_published_job_is_marked(api, session_factory):
 
 
 def test_the_openapi_document_declares_keys_limits_and_idempotency():
-    from web.schemas import openapi_document
+    from web.openapi import openapi_document
 
     document = openapi_document()
     assert document["components"]["securitySchemes"]["bearer"] == {**document["components"]["securitySchemes"][

@@ -4,8 +4,10 @@ import pytest
 from flask import Flask, request
 
 from core.gan.config import TrainConfig
+from core.request_models import TrainJobRequest
+from web.openapi import openapi_document
 from web.problems import Problem, register_error_handlers
-from web.schemas import json_body, openapi_document, parse_train_request
+from web.validation import json_body, validated
 
 
 @pytest.fixture()
@@ -15,8 +17,8 @@ def client():
 
     @app.post("/train")
     def train():
-        dataset, config, _ = parse_train_request(json_body(request))
-        return {"dataset": dataset, "steps": config.steps}
+        submitted = validated(TrainJobRequest, json_body(request))
+        return {"dataset": submitted.dataset, "steps": submitted.config.steps}
 
     return app.test_client()
 

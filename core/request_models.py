@@ -1,0 +1,370 @@
+"""What a client may ask for: the typed request models (pydantic v2) that the API validates, the job row
+stores, the worker reads back and the command line fills in -- every field name, default and range of a
+request in one place. Each model is also its JSON Schema: web.openapi builds /v1/openapi.json from them.
+
+Torch-free (the engine's rules come from core.gan's torch-free modules: config, catalog, seeds). Unknown
+fields are refused (no mass assignment) and every bad field is reported at once, named: `validate` turns
+pydantic's errors into `{"field", "message"}` pairs, with a message per field where pydantic's generic one
+would not say what to send (`RequestModel.messages`). Checks that need the database (does this dataset,
+train job or generator exist for this tenant?) run in the same pass through the validation context's
+`lookups` (see `Lookups`); without a context (the worker re-reading a stored request) they are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Annotated, Any, ClassVar, Literal, Mapping, Protocol, TypeVar
+
+from pydantic import (BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError, ValidationInfo,
+                      WithJsonSchema, field_validator)
+from pydantic_core import PydanticCustomError
+
+from core.gan import catalog
+from core.gan.config import ConfigError, TrainConfig
+from core.gan.seeds import (DEFAULT_TRUNCATION, MAX_SEED, MAX_SEEDS, TRUNCATION_MAX, SampleError,
+                            parse_seeds)
+from core.job_states import JobStatus, JobType
+from core.settings import Settings
+
+BUILTIN_PREFIX = "builtin:"
+# The catalog's datasets that load without internet: what a job may name as builtin:<name>.
+BUILTIN_DATASETS = tuple(BUILTIN_PREFIX + name for name in catalog.OFFLINE)
+DEFAULT_NROW = 8
+NROW_MAX = 64
+MAX_LIST_LIMIT = 200
+MAX_STEP = 9_999_999  # artifact keys carry seven digits of step
+# Names longer than this are cut to it (uploads' display names).
+MAX_NAME_LENGTH = 200
+# Errors raised by this module's own checks: their message is already the one to show.
+_OWN = "dcgan_"
+_CONFIG_ERRORS = "dcgan_config"
+
+M = TypeVar("M", bound="RequestModel")
+
+
+class RequestInvalid(ValueError):
+    """A request with bad fields; `errors` lists each as {"field", "message"} (the API answers 422)."""
+
+    def __init__(self, errors: list[dict[str, str]]):
+        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))
+        self.errors = errors
+
+
+class Lookups(Protocol):
+    """The request's tenant's rows by the id a client sent (None: malformed, missing or someone else's)."""
+
+    def dataset(self, ref: str) -> Any | None: ...
+
+    def train_job(self, ref: str) -> Any | None: ...  # a row with .status
+
+    def generator(self, ref: str) -> Any | None: ...
+
+
+class RequestModel(BaseModel):
+    """The base of every request model; web.openapi publishes each subclass."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    # A field's message for pydantic's own errors on it (wrong type, out of range), formatted with `input`
+    # (the value sent, shortened) and the validation context (e.g. `max_runtime_seconds`); "<field>:missing"
+    # says what a missing field should have been (else "required").
+    messages: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def together(cls, data: Mapping[str, Any]) -> list[dict[str, str]]:
+        """Rules across fields, checked on the raw input so they are reported with every other error."""
+        return []
+
+
+def validate(model: type[M], data: Any, context: Mapping[str, Any] | None = None) -> M:
+    """`data` as a `model`, or RequestInvalid naming every bad field (one message per field)."""
+    errors = model.together(data) if isinstance(data, Mapping) else []
+    try:
+        result = model.model_validate(data, context=dict(context or {}))
+    except ValidationError as exc:
+        errors += _field_errors(model, exc, context or {})
+    if errors:
+        seen: set[str] = set()
+        raise RequestInvalid([e for e in errors if not (e["field"] in seen or seen.add(e["field"]))])
+    return result
+
+
+def _field_errors(model: type[RequestModel], exc: ValidationError,
+                  context: Mapping[str, Any]) -> list[dict[str, str]]:
+    errors = []
+    for error in exc.errors(include_url=False):
+        if error["type"] == _CONFIG_ERRORS:  # the config's own field errors, already named config.<field>
+            errors += error["ctx"]["errors"]
+            continue
+        field = str(error["loc"][0]) if error["loc"] else "body"
+        errors.append({"field": field, "message": _message(model, field, error, context)})
+    return errors
+
+
+def _message(model: type[RequestModel], field: str, error: Any, context: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind.startswith(_OWN):
+        return error["msg"]
+    template = model.messages.get(f"{field}:{kind}") or (model.messages.get(field) if kind != "missing" else None)
+    if template is None:
+        return "required" if kind == "missing" else error["msg"]
+    values = {"max_runtime_seconds": Settings.max_job_seconds, **context}
+    return template.format(input=repr(str(error.get("input"))[:100]), **values)
+
+
+def _refuse(kind: str, message: str) -> PydanticCustomError:
+    # The message goes through a placeholder so braces in it (a user's input) are never read as one.
+    return PydanticCustomError(_OWN + kind, "{message}", {"message": message})
+
+
+def _lookups(info: ValidationInfo) -> Lookups | None:
+    return (info.context or {}).get("lookups")
+
+
+def _without_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # a field that may be left out, but not sent as null
+
+
+def _train_config(value: Any) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(value, cli_strings=False)  # JSON types, as the schema says
+    except ConfigError as exc:
+        raise PydanticCustomError(_CONFIG_ERRORS, "{message}", {"message": str(exc), "errors": config_errors(exc)})
+
+
+def config_errors(exc: ConfigError) -> list[dict[str, str]]:
+    """Every problem of a config as field errors named `config.<field>`."""
+    return [{"field": f"config.{e.field}" if e.field != "config" else "config", "message": e.message}
+            for e in exc.all]
+
+
+# A TrainConfig validated by core.gan.config's own rules (all its problems at once), published as the schema
+# those rules produce (web.openapi lists it once, as components/schemas/TrainConfig).
+TrainConfigField = Annotated[TrainConfig, PlainValidator(_train_config), PlainSerializer(TrainConfig.to_dict),
+                             WithJsonSchema(TrainConfig.json_schema())]
+# Ids are strings in JSON; the format is only a hint to readers, the lookups decide.
+IdField = Annotated[str, Field(max_length=100)]
+
+
+def _optional_id(schema: dict[str, Any]) -> None:
+    _without_default(schema)
+    schema["format"] = "uuid"
+
+
+def parse_id(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+# ----- jobs -----
+
+class TrainJobRequest(RequestModel):
+    """POST /v1/jobs/train: train a DCGAN on a dataset."""
+
+    dataset: Annotated[str, Field(min_length=1, description=f"a dataset id or one of {', '.join(BUILTIN_DATASETS)}")]
+    config: TrainConfigField
+    max_runtime_seconds: Annotated[int, Field(
+        ge=1, json_schema_extra=_without_default,
+        description="this job's runtime limit, counted from its first start across attempts; at most (and by "
+                    "default) the server's DCGAN_MAX_JOB_SECONDS. Past it the job writes a final checkpoint and "
+                    "ends failed with error type timeout")] = None
+
+    messages = {"dataset": f"must be a dataset id or a {BUILTIN_PREFIX}<name>",
+                "max_runtime_seconds": "must be an integer from 1 to {max_runtime_seconds} (the server's limit)"}
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str, info: ValidationInfo) -> str:
+        if value.startswith(BUILTIN_PREFIX):
+            if value not in BUILTIN_DATASETS:
+                raise _refuse("unknown_builtin", f"unknown builtin; use one of {', '.join(BUILTIN_DATASETS)}")
+        elif (lookups := _lookups(info)) is not None and lookups.dataset(value) is None:
+            raise _refuse("not_found", f"no dataset {value[:100]!r}")
+        return value
+
+    @field_validator("max_runtime_seconds")
+    @classmethod
+    def _within_server_limit(cls, value: int, info: ValidationInfo) -> int:
+        limit = (info.context or {}).get("max_runtime_seconds", Settings.max_job_seconds)
+        if value > limit:
+            raise _refuse("over_limit", f"must be an integer from 1 to {limit} (the server's limit)")
+        return value
+
+    def stored(self) -> dict[str, Any]:
+        """What the job row keeps as its request (the config has a column of its own)."""
+        limit = {"max_runtime_seconds": self.max_runtime_seconds} if self.max_runtime_seconds is not None else {}
+        return {"dataset": self.dataset, **limit}
+
+
+def builtin_dataset(reference: str) -> str | None:
+    """The catalog name a `builtin:<name>` reference names, or None for a dataset id (DataError otherwise)."""
+    if reference.startswith(BUILTIN_PREFIX):
+        if reference not in BUILTIN_DATASETS:
+            raise catalog.DataError(f"dataset {reference!r}: unknown builtin; use one of "
+                                    f"{', '.join(BUILTIN_DATASETS)}")
+        return reference.removeprefix(BUILTIN_PREFIX)
+    if parse_id(reference) is None:
+        raise catalog.DataError(f"dataset {reference!r}: neither a dataset id nor {BUILTIN_PREFIX}<name>")
+    return None
+
+
+class GenerateJobRequest(RequestModel):
+    """POST /v1/jobs/generate: images for seeds from a succeeded train job or an uploaded generator."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["generator_job"]},
+                                                           {"required": ["generator"]}]})
+
+    generator_job: Annotated[IdField, Field(description="a succeeded train job",
+                                            json_schema_extra=_optional_id)] = None
+    generator: Annotated[IdField, Field(description="an uploaded generator (POST /v1/generators)",
+                                        json_schema_extra=_optional_id)] = None
+    seeds: Annotated[list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | str, Field(
+        max_length=MAX_SEEDS, examples=["0-63"],
+        description=f"seeds as a list, or ranges like \"0-63\" or \"1,5,9-12\"; at most {MAX_SEEDS}")]
+    truncation: Annotated[float, Field(gt=0, le=TRUNCATION_MAX)] = DEFAULT_TRUNCATION
+    nrow: Annotated[int, Field(ge=1, le=NROW_MAX, description="images per grid row")] = DEFAULT_NROW
+
+    messages = {"generator_job": "no training job {input}", "generator": "no generator {input}",
+                "seeds": "give a list of integers in [0, 2^63) or a range like 0-63",
+                "truncation": f"must be a number in (0, {TRUNCATION_MAX:g}]",
+                "nrow": f"must be an integer from 1 to {NROW_MAX}"}
+
+    @classmethod
+    def together(cls, data: Mapping[str, Any]) -> list[dict[str, str]]:
+        if ("generator" in data) == ("generator_job" in data):
+            return [{"field": "generator", "message": "give exactly one of generator (an uploaded generator's id) "
+                                                      "and generator_job (a succeeded training job's id)"}]
+        return []
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_list(cls, value: list[int] | str) -> list[int]:
+        try:
+            return parse_seeds(value)
+        except SampleError as exc:
+            raise _refuse("seeds", str(exc).removeprefix("seeds: ")) from None
+
+    @field_validator("generator_job")
+    @classmethod
+    def _succeeded_train_job(cls, value: str, info: ValidationInfo) -> str:
+        job_id, lookups = parse_id(value), _lookups(info)
+        job = lookups.train_job(value) if lookups is not None and job_id is not None else None
+        if job_id is None or (lookups is not None and (job is None or job.type != JobType.TRAIN)):
+            raise _refuse("not_found", f"no training job {value[:100]!r}")
+        if job is not None and job.status != JobStatus.SUCCEEDED:
+            raise _refuse("not_succeeded", f"training job is {job.status}, not succeeded")
+        return str(job_id)
+
+    @field_validator("generator")
+    @classmethod
+    def _visible_generator(cls, value: str, info: ValidationInfo) -> str:
+        generator_id, lookups = parse_id(value), _lookups(info)
+        if generator_id is None or (lookups is not None and lookups.generator(value) is None):
+            raise _refuse("not_found", f"no generator {value[:100]!r}")
+        return str(generator_id)
+
+    def stored(self) -> dict[str, Any]:
+        source = {"generator_job": self.generator_job} if self.generator_job else {"generator": self.generator}
+        return {**source, "seeds": self.seeds, "truncation": self.truncation, "nrow": self.nrow}
+
+    @classmethod
+    def from_stored(cls, document: Mapping[str, Any]) -> "GenerateJobRequest":
+        """A generate job's stored request read back by the worker; a SampleError names what is wrong."""
+        try:
+            return validate(cls, document)
+        except RequestInvalid as exc:
+            raise SampleError(str(exc)) from None
+
+
+# ----- queries -----
+
+class JobListQuery(RequestModel):
+    """GET /v1/jobs: a page of the tenant's jobs, newest first."""
+
+    # Query strings: "20" is the number 20, and a parameter the API does not know (a cache buster) is ignored.
+    model_config = ConfigDict(strict=False, extra="ignore")
+
+    status: Literal[tuple(s.value for s in JobStatus)] | None = None  # type: ignore[valid-type]
+    type: Literal[tuple(t.value for t in JobType)] | None = None  # type: ignore[valid-type]
+    limit: Annotated[int, Field(ge=1, le=MAX_LIST_LIMIT)] = 50
+    cursor: Annotated[str, Field(description="next_cursor of the previous page", json_schema_extra=_without_default)] = None
+
+    messages = {"status": f"one of {', '.join(JobStatus)}", "type": f"one of {', '.join(JobType)}",
+                "limit": f"an integer from 1 to {MAX_LIST_LIMIT}"}
+
+
+class GridQuery(RequestModel):
+    """GET /v1/jobs/<id>/grid: the latest grid, or the one sampled at `step`."""
+
+    model_config = ConfigDict(strict=False, extra="ignore")
+
+    step: Annotated[int, Field(ge=0, le=MAX_STEP, json_schema_extra=_without_default)] = None
+
+    messages = {"step": "a step number"}
+
+
+# ----- uploads (multipart/form-data) -----
+
+def _display_name(value: str) -> str:
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):  # PostgreSQL cannot even store NUL
+        raise _refuse("control_characters", "must not contain control characters")
+    return value[:MAX_NAME_LENGTH]
+
+
+# An upload's display name; longer names are cut, not refused.
+UploadName = Annotated[str, Field(description=f"a display name (cut to {MAX_NAME_LENGTH} characters; default: the "
+                                              f"file's name)", json_schema_extra=_without_default),
+                       PlainValidator(_display_name), WithJsonSchema({"type": "string"})]
+
+
+def _uploaded_file(value: Any) -> Any:
+    if not getattr(value, "filename", None):
+        raise _refuse("no_file", "required: the file as a multipart part with a filename")
+    return value
+
+
+def _file(description: str) -> Any:
+    return Annotated[Any, PlainValidator(_uploaded_file),
+                     WithJsonSchema({"type": "string", "format": "binary", "description": description})]
+
+
+def _generator_config(value: Any) -> TrainConfig:
+    """A generator's config: a TrainConfig as JSON in a form field; `steps` may be left out (a generator's
+    config describes its architecture; how long it trained is history, recorded as steps=1)."""
+    if not isinstance(value, str):
+        raise _refuse("config_json", "give the generator's config as a JSON object")
+    try:
+        document = json.loads(value)
+    except (ValueError, RecursionError):
+        raise _refuse("config_json", "not valid JSON: give the generator's config as a JSON object") from None
+    if not isinstance(document, dict):
+        raise _refuse("config_json", "must be a JSON object of config fields")
+    if "steps" not in document and "epochs" not in document:
+        document = {**document, "steps": 1}
+    return _train_config(document)
+
+
+class DatasetUpload(RequestModel):
+    """POST /v1/datasets: an archive of images to train on."""
+
+    file: _file("a .zip, .tar or .tar.gz of images")
+    name: UploadName = None
+
+    messages = {"file:missing": "required: a .zip, .tar or .tar.gz of images"}
+
+
+class GeneratorUpload(RequestModel):
+    """POST /v1/generators: a generator's weights with the config they belong to."""
+
+    file: _file("the generator's weights as a .safetensors file")
+    config: Annotated[TrainConfig, PlainValidator(_generator_config), PlainSerializer(TrainConfig.to_dict),
+                      WithJsonSchema({"type": "string", "contentMediaType": "application/json",
+                                      "description": "a TrainConfig as JSON; steps optional"})]
+    name: UploadName = None
+
+    messages = {"file:missing": "required: the generator's weights as a .safetensors file",
+                "config:missing": "required: the generator's config as a JSON object"}
