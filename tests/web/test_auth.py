@@ -107,13 +107,22 @@ def test_rate_limit_per_key(engine, tmp_path, redis_client):
 
 
 def test_the_window_moves_on(engine, tmp_path, redis_client):
+    """A key's window starts with its first request and lasts a minute: the refused request is told the
+    seconds left in it (the counter's TTL in Redis), and once it has passed the key is served again."""
     app = make_app(engine, tmp_path, rate_limit_per_minute=2)
     try:
-        limiter = app.extensions["dcgan"]["rate_limiter"]
-        start = 60 * 1_000_000 + 15.5  # 15.5 s into a minute, far from now: a window of its own
-        assert [limiter.hit("k", now=start) for _ in range(3)] == [None, None, 45]
-        assert limiter.hit("k", now=start + 44) == 1
-        assert limiter.hit("k", now=start + 45) is None  # the next minute
+        client = authorized_client(app)
+        redis_client.flushdb()
+        answers = [client.get("/v1/jobs") for _ in range(3)]
+        [counter] = [name for name in redis_client.keys() if name.startswith(b"dcgan:ratelimit:")]
+        assert [r.status_code for r in answers] == [200, 200, 429]
+        left = redis_client.ttl(counter)
+        assert 55 <= left <= int(answers[-1].headers["Retry-After"]) <= left + 1 <= 61
+        redis_client.expire(counter, 1)  # the window's last second
+        late = client.get("/v1/jobs")
+        assert late.status_code == 429 and late.headers["Retry-After"] == "1"
+        time.sleep(1.2)  # the next window
+        assert client.get("/v1/jobs").status_code == 200
     finally:
         app.extensions["dcgan"]["engine"].dispose()
 
