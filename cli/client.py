@@ -1,9 +1,10 @@
-"""`dcgan jobs list|get|cancel|train`: a small client of the REST API, on urllib only.
+"""`dcgan jobs list|get|cancel|train`: a small client of the REST API (urllib; tenacity sends again).
 
 It finds the API at DCGAN_API_URL (default http://127.0.0.1:8000) and its key in DCGAN_API_KEY, else in
 <DCGAN_DATA_DIR>/api-key, the file `dcgan up` writes. Answers are printed as JSON; an error answer is one
 line on stderr (status, problem type, detail) and exit status 2. A submission carries an Idempotency-Key
-made once per command, so resending it after a dropped connection cannot queue the job twice.
+made once per command, so resending it after a dropped connection cannot queue the job twice; a request
+that got no answer is sent again (SEND_ATTEMPTS in all, 1 s then 2 s apart) when that is safe.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import argparse
 import json
 import os
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Mapping
+
+from tenacity import Retrying, retry_if_exception_type, retry_never, stop_after_attempt, wait_incrementing
 
 from core.job_states import JobStatus, JobType
 from core.request_models import BUILTIN_DATASETS
@@ -85,19 +87,25 @@ def request(method: str, path: str, body: dict[str, Any] | None = None,
     if body is not None:
         data = json.dumps(body).encode()
         headers.update({"Content-Type": "application/json", "Idempotency-Key": f"cli-{uuid.uuid4()}"})
-    for attempt in range(1, SEND_ATTEMPTS + 1):
+    no_answer = (urllib.error.URLError, ConnectionError, TimeoutError)  # HTTPError is an answer: never again
+
+    def send() -> Any:
         try:
             with urllib.request.urlopen(urllib.request.Request(base + path, data=data, method=method,
                                                                headers=headers), timeout=60) as answer:
                 return json.loads(answer.read() or b"null")
         except urllib.error.HTTPError as error:
             raise ClientError(_problem_line(error)) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
-            if attempt == SEND_ATTEMPTS or (method != "GET" and data is None):  # only safe ones again
-                reason = getattr(error, "reason", error)
-                raise ClientError(f"no answer from {base}: {reason}") from None
-            time.sleep(attempt)  # same Idempotency-Key: a submission that did arrive is not queued again
-    raise AssertionError("unreachable")
+
+    # Only safe requests again: reads, and submissions, whose Idempotency-Key makes a second arrival a replay.
+    safe = method == "GET" or data is not None
+    retrying = Retrying(retry=retry_if_exception_type(no_answer) if safe else retry_never,
+                        wait=wait_incrementing(start=1, increment=1), stop=stop_after_attempt(SEND_ATTEMPTS),
+                        reraise=True)
+    try:
+        return retrying(send)
+    except no_answer as error:
+        raise ClientError(f"no answer from {base}: {getattr(error, 'reason', error)}") from None
 
 
 def _problem_line(error: urllib.error.HTTPError) -> str:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from celery import Celery
+from tenacity import (RetryCallState, Retrying, retry_if_exception, retry_if_exception_type, stop_after_attempt,
+                      wait_chain, wait_fixed)
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -140,17 +142,14 @@ class Attempt:
         """Run `operation`, waiting out a database that is briefly away (about a minute in all). Longer,
         the error propagates, the lease runs out meanwhile, and the reaper gives the job to a later attempt
         once the database is back."""
-        for pause in (*DB_RETRY_PAUSES, None):
-            try:
-                return operation()
-            except OperationalError as exc:
-                self.session.rollback()
-                if pause is None:
-                    raise
-                log.warning("job %s: database unavailable (%s); retrying in %s s", self.job_id,
-                            first_line(exc), pause)
-                time.sleep(pause)
-        raise AssertionError("unreachable")
+
+        def waiting(state: RetryCallState) -> None:
+            log.warning("job %s: database unavailable (%s); retrying in %g s", self.job_id,
+                        first_line(state.outcome.exception()), state.next_action.sleep)
+
+        return Retrying(retry=retry_if_exception_type(OperationalError), wait=_pauses(DB_RETRY_PAUSES),
+                        stop=stop_after_attempt(len(DB_RETRY_PAUSES) + 1), reraise=True,
+                        after=lambda _: self.session.rollback(), before_sleep=waiting)(operation)
 
     def heartbeat(self) -> None:
         """The lease itself is kept by `LeaseKeeper`; here the attempt learns that it was lost."""
@@ -183,18 +182,28 @@ class Attempt:
         self._record(self._put(lambda: self.store.put_bytes(key, data), key), None)
 
     def _put(self, put: Callable[[], Any], key: str):
-        """Upload with retries and a growing pause: an S3 outage of up to half a minute costs nothing."""
-        for pause in (*UPLOAD_RETRY_PAUSES, None):
+        """Upload with retries and a growing pause: an S3 outage of up to half a minute costs nothing. This
+        stacks on boto3's own retries on purpose: those (S3Store's, a few within a second) ride out a
+        dropped connection inside one call; these ride out the store being away, and check before each
+        try that this attempt still holds the job."""
+
+        def attempt_put():
             self.ensure_holds()
-            try:
-                return put()
-            except ObjectNotFound:
-                raise
-            except StorageError as exc:
-                if pause is None:
-                    raise StorageUnavailable(f"could not upload {key}: {exc}") from exc
-                log.warning("job %s: upload of %s failed (%s); retrying in %s s", self.job_id, key, exc, pause)
-                time.sleep(pause)
+            return put()
+
+        def waiting(state: RetryCallState) -> None:
+            log.warning("job %s: upload of %s failed (%s); retrying in %g s", self.job_id, key,
+                        state.outcome.exception(), state.next_action.sleep)
+
+        retryable = retry_if_exception(lambda e: isinstance(e, StorageError) and not isinstance(e, ObjectNotFound))
+        try:
+            return Retrying(retry=retryable, wait=_pauses(UPLOAD_RETRY_PAUSES),
+                            stop=stop_after_attempt(len(UPLOAD_RETRY_PAUSES) + 1), reraise=True,
+                            before_sleep=waiting)(attempt_put)
+        except ObjectNotFound:
+            raise
+        except StorageError as exc:
+            raise StorageUnavailable(f"could not upload {key}: {exc}") from exc
 
     def _record(self, stored, step: int | None) -> None:
         # Keys are <job prefix><name>; the name is what a user sees in the artifact list.
@@ -228,6 +237,10 @@ class Attempt:
         self.session.commit()
         if status == JobStatus.QUEUED:
             self.context.publish(self.job_type, self.job_id)
+
+
+def _pauses(pauses: tuple[float, ...]):
+    return wait_chain(*(wait_fixed(pause) for pause in pauses))
 
 
 # A database write waits this long in all (about a default lease) before the attempt gives up.
