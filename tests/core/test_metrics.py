@@ -210,6 +210,20 @@ def test_resize_like_tf1_samples_without_half_pixel_offset():
     assert out[0, 0, 0].tolist() == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.0]
 
 
+def test_resize_like_tf1_agrees_with_the_tf1_formula():
+    """The library function the resize delegates to, against TF1's ResizeBilinear written out in numpy (output
+    pixel i reads input i * n_in / n_out, no half-pixel offset, clamped at the edge), at sizes FID sees."""
+    rng = np.random.default_rng(0)
+    for size in (28, 32, 64, 128):
+        x = rng.uniform(-1, 1, (2, 3, size, size)).astype(np.float32)
+        position = np.arange(299) * (size / 299)
+        low = np.minimum(np.floor(position).astype(int), size - 1)
+        high, weight = np.minimum(low + 1, size - 1), (position - low).astype(np.float32)
+        rows = x[:, :, low, :] * (1 - weight)[:, None] + x[:, :, high, :] * weight[:, None]
+        expected = rows[..., low] * (1 - weight) + rows[..., high] * weight
+        np.testing.assert_allclose(resize_like_tf1(torch.from_numpy(x), 299).numpy(), expected, atol=1e-4)
+
+
 def test_inception_score_with_inception_is_a_clear_error(inception_net, digits):
     with pytest.raises(MetricError, match="logits"):
         evaluate(to_model_range(digits[:10]), digits[:10], dataset="cifar10", feature_net=inception_net,
