@@ -9,8 +9,9 @@ Each pass (every `settings.reap_seconds`, from Celery beat's `dcgan.reap` task o
 3. Idempotency-Key records older than `settings.idempotency_hours` are deleted.
 
 Publishing goes through `core.queue.publish`; when the broker is down the job stays queued with its old
-`published_at`, this pass stops publishing, and a later pass tries again. Several reapers may run at once; every transition is a conditional UPDATE, so they
-cannot double-count, and a duplicate message is a no-op for the worker.
+`published_at`, this pass stops publishing, and a later pass tries again. Several reapers may run at once;
+every transition is a conditional UPDATE, so they cannot double-count, and a duplicate message is a no-op
+for the worker.
 """
 
 from __future__ import annotations

@@ -291,7 +291,8 @@ class JobListQuery(RequestModel):
     status: Literal[tuple(s.value for s in JobStatus)] | None = None  # type: ignore[valid-type]
     type: Literal[tuple(t.value for t in JobType)] | None = None  # type: ignore[valid-type]
     limit: Annotated[int, Field(ge=1, le=MAX_LIST_LIMIT)] = 50
-    cursor: Annotated[str, Field(description="next_cursor of the previous page", json_schema_extra=_without_default)] = None
+    cursor: Annotated[str, Field(description="next_cursor of the previous page",
+                                 json_schema_extra=_without_default)] = None
 
     messages = {"status": f"one of {', '.join(JobStatus)}", "type": f"one of {', '.join(JobType)}",
                 "limit": f"an integer from 1 to {MAX_LIST_LIMIT}"}
