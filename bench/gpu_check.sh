@@ -2,7 +2,7 @@
 # One prepared check for a lent GPU machine (H100/H200), run from a copy of the repo root:
 #   bash bench/gpu_check.sh
 # It prints nvidia-smi, installs wheels carried in .whl/ (the machine has no internet), runs
-# tests/core on CUDA (DCGAN_TEST_DEVICE=cuda) and both benchmarks with --device cuda, each step under
+# tests/core/gan on CUDA (DCGAN_TEST_DEVICE=cuda) and both benchmarks with --device cuda, each step under
 # `timeout` and all of it inside an 8-minute deadline; a failed step does not stop the next one.
 # Output goes to the terminal and, when $OUT is set, to $OUT/gpu_check.log. No .venv is assumed:
 # the machine's python3 must already have torch with CUDA.
@@ -61,8 +61,8 @@ needed = ["torch", "torchvision", "numpy", "PIL", "safetensors", "sklearn", "sci
 missing = [m for m in needed if importlib.util.find_spec(m) is None]
 print("python deps missing:", ", ".join(missing) if missing else "none")
 PY
-  step "pytest tests/core (cuda)" 170 env DCGAN_TEST_DEVICE=cuda CUBLAS_WORKSPACE_CONFIG=:4096:8 \
-    python3 -m pytest tests/core -q -p no:cacheprovider -m "not slow" --ignore tests/core/test_cli.py
+  step "pytest tests/core/gan (cuda)" 170 env DCGAN_TEST_DEVICE=cuda CUBLAS_WORKSPACE_CONFIG=:4096:8 \
+    python3 -m pytest tests/core/gan -q -p no:cacheprovider -m "not slow"
   step "bench/train_throughput.py --device cuda" 150 python3 bench/train_throughput.py --device cuda
   step "bench/sample_latency.py --device cuda" 90 python3 bench/sample_latency.py --device cuda --repeats 5
   step "bench/quality.py --device cuda" 90 python3 bench/quality.py --device cuda --out "${OUT:-/tmp}" \

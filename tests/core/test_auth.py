@@ -1,24 +1,16 @@
-"""API keys (core.auth) on SQLite and PostgreSQL, and the `dcgan keys` command run as a user runs it."""
+"""API keys (core.auth) on SQLite and PostgreSQL; `dcgan keys` is tested in tests/cli/test_admin.py."""
 
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
-import subprocess
-import sys
 import threading
-import uuid
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
 
 from core.auth import (KeyMatchError, TenantNameError, authenticate, create_key, ensure_tenant, list_keys,
                        revoke_key)
-from core.db import ApiKey, Tenant, make_engine, make_session_factory, utcnow
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from core.db import ApiKey, Tenant, utcnow
 
 
 def test_a_key_authenticates_its_tenant_until_revoked(session):
@@ -105,73 +97,3 @@ def test_revoke_by_prefix_and_its_errors(session):
 def test_bad_tenant_names(session, name):
     with pytest.raises(TenantNameError):
         create_key(session, name)
-
-
-def _dcgan(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", "keys", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-
-
-def test_dcgan_keys_on_a_new_database(empty_database_url, tmp_path):
-    """`dcgan keys create` migrates a database that has no schema yet, prints the key as its last line;
-    `list` never shows it; `revoke` by the listed prefix makes it fail to authenticate."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DCGAN_DATA_DIR")}
-    env.update(DATABASE_URL=empty_database_url, DCGAN_DATA_DIR=str(tmp_path / "unused"))
-    created = _dcgan("create", "--tenant", "ci", env=env)
-    assert created.returncode == 0, created.stderr
-    secret = created.stdout.strip().splitlines()[-1]
-    assert secret.startswith("dcg_") and len(secret) == 47
-
-    engine = make_engine(empty_database_url)
-    try:
-        with make_session_factory(engine)() as session:
-            tenant = authenticate(session, secret)
-            assert tenant == session.scalar(select(Tenant.id).where(Tenant.name == "ci"))
-
-        listed = _dcgan("list", env=env)
-        assert listed.returncode == 0, listed.stderr
-        assert secret[:12] in listed.stdout and "ci" in listed.stdout and secret not in listed.stdout
-
-        revoked = _dcgan("revoke", secret[:12], env=env)
-        assert revoked.returncode == 0, revoked.stderr
-        with make_session_factory(engine)() as session:
-            assert authenticate(session, secret) is None
-        row = [line for line in _dcgan("list", env=env).stdout.splitlines() if line.startswith(secret[:12])]
-        assert len(row) == 1 and not row[0].rstrip().endswith("-")  # a revocation time is shown
-
-        unknown = _dcgan("revoke", "dcg_" + uuid.uuid4().hex[:8], env=env)
-        assert unknown.returncode == 2 and "no key matches" in unknown.stderr
-        assert _dcgan("create", "--tenant", "", env=env).returncode == 2
-    finally:
-        engine.dispose()
-
-
-def test_dcgan_up_makes_its_local_key_once(tmp_path):
-    """`dcgan up`'s key file: made on the first start (mode 600, tenant "local"), reused on later starts,
-    replaced when the key in it no longer authenticates."""
-    from cli.admin import upgrade_database
-    from cli.servers import local_api_key
-    from core.settings import Settings
-
-    settings = Settings(data_dir=tmp_path).with_defaults()
-    engine = make_engine(settings.database_url)  # makes the SQLite file's directory
-    upgrade_database(settings.database_url)
-    try:
-        path, new_key = local_api_key(settings)
-        assert path == tmp_path / "api-key" and new_key is not None
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text().strip() == new_key
-        with make_session_factory(engine)() as session:
-            assert authenticate(session, new_key) == session.scalar(select(Tenant.id).where(Tenant.name == "local"))
-
-        assert local_api_key(settings) == (path, None) and path.read_text().strip() == new_key
-
-        with make_session_factory(engine)() as session:
-            revoke_key(session, new_key)
-            session.commit()
-        path.chmod(0o644)
-        _, replacement = local_api_key(settings)
-        assert replacement not in (None, new_key) and path.read_text().strip() == replacement
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".api-key")] == []
-    finally:
-        engine.dispose()
