@@ -14,8 +14,9 @@ its own CPU use, how late it sent, the API processes' CPU use and the machine's 
 shows whether the client, the API or the machine was the limit. Exit status 0 only if both phases had no
 errors, exactly 100 jobs exist (10 answers marked as replays) and the poll rate was held (95%).
 
-Without --url it starts its own stack with `dcgan api --processes 2` (waitress; two processes, one per core
-of this machine, since one Python process is held to one core by the GIL): a
+Without --url it starts its own stack with `dcgan api --processes 2` (gunicorn runs two processes, one per
+core of this machine, since one Python process is held to one core by the GIL; waitress serves in each, or
+gunicorn's gthread worker with --server gthread): a
 fresh PostgreSQL database `dcgan_load_<random>` on the server at 127.0.0.1:5432 (or --database-url, kept),
 migrated, Redis db 13 of the machine's Redis (flushed before and after), a temporary local artifact store,
 an API key for tenant `load-test`, and the per-key rate limit and queued-job cap raised so the bench
@@ -314,11 +315,11 @@ def _tree_cpu_seconds(pid: int) -> float:
 
 
 class Stack:
-    """The API under waitress on PostgreSQL, Redis and a local artifact store, torn down on exit."""
+    """The API (`dcgan api`) on PostgreSQL, Redis and a local artifact store, torn down on exit."""
 
-    def __init__(self, database_url: str | None, redis_url: str, processes: int, threads: int):
+    def __init__(self, database_url: str | None, redis_url: str, processes: int, threads: int, server: str):
         self.given_database_url = database_url
-        self.processes, self.threads = processes, threads
+        self.processes, self.threads, self.server = processes, threads, server
         self.redis_url = redis_url
         self.directory = Path(tempfile.mkdtemp(prefix="dcgan-load-"))
         self.admin = None
@@ -357,15 +358,16 @@ class Stack:
         env = {**os.environ, "DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url,
                "DCGAN_DATA_DIR": str(self.directory), "STORAGE_URL": (self.directory / "artifacts").as_uri(),
                **RAISED_LIMITS}
-        served = (f"`dcgan api --processes {self.processes} --threads {self.threads}` "
+        served = (f"`dcgan api --processes {self.processes} --threads {self.threads} --server {self.server}` "
                   f"({self.processes} process(es) x {self.threads} threads on one port)")
         print(f"stack: PostgreSQL {self._shown(self.database_url)}, Redis {self.redis_url}, "
-              f"artifacts in {self.directory}; API under waitress, {served}, on {self.url}")
+              f"artifacts in {self.directory}; API {served}, on {self.url}")
         print("stack: limits raised so they are not what is measured: "
               + ", ".join(f"{k}={v}" for k, v in RAISED_LIMITS.items()))
         self.log_paths = [self.directory / "api.log"]
-        self._spawn([sys.executable, "-P", "-m", "cli", "api", "--port", str(self.port),
-                     "--processes", str(self.processes), "--threads", str(self.threads)], env, self.log_paths[0])
+        self._spawn([sys.executable, "-P", "-m", "cli", "api", "--port", str(self.port), "--processes",
+                     str(self.processes), "--threads", str(self.threads), "--server", self.server], env,
+                    self.log_paths[0])
         deadline = time.monotonic() + 90
         while not self._serving():
             if any(server.poll() is not None for server in self.servers) or time.monotonic() > deadline:
@@ -559,14 +561,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="own stack: `dcgan api --processes N`, API processes sharing the port (default 2, "
                              "one per core of this machine)")
     parser.add_argument("--threads", type=int, default=8,
-                        help="own stack: waitress threads per API process (default 8, as `dcgan api`)")
+                        help="own stack: request threads per API process (default 8, as `dcgan api`)")
+    parser.add_argument("--server", choices=["waitress", "gthread"], default="waitress",
+                        help="own stack: what speaks HTTP in each API process (default waitress, as `dcgan api`)")
     args = parser.parse_args(argv)
     if args.url:
         print(f"target: {args.url} (its own rate limit and queued-job cap apply)")
         return asyncio.run(run_phases(args, args.url, args.key, None))
     if args.processes < 1 or args.threads < 1:
         parser.error("--processes and --threads must be positive")
-    with Stack(args.database_url, args.redis_url, args.processes, args.threads) as stack:
+    with Stack(args.database_url, args.redis_url, args.processes, args.threads, args.server) as stack:
         return asyncio.run(run_phases(args, stack.url, stack.key, stack))
 
 

