@@ -3,8 +3,9 @@
 Every /v1/ route needs `Authorization: Bearer <key>` except the OpenAPI document; /healthz and /readyz
 are outside /v1/ and stay open. A missing, malformed, unknown or revoked key is answered 401 with
 `WWW-Authenticate: Bearer` before the view runs; a valid one sets the tenant that `tenancy.tenant_id()`
-returns, so every query the view makes is scoped to it, and the key that web.rate_limit counts. A path or
-method that matches no route is answered 404 / 405 as before: there is nothing behind it to protect.
+returns, so every query the view makes is scoped to it, and the request counts against the key's rate limit
+(web.rate_limit). A path or method that matches no route is answered 404 / 405 as before: there is nothing
+behind it to protect.
 
 A valid key is remembered in the process for AUTH_CACHE_SECONDS (a cachetools.TTLCache), so a client
 polling a job costs one database query instead of two; a revoked key therefore stops working within that
@@ -22,8 +23,8 @@ from flask import Flask, current_app, g, request
 from core.auth import authenticate, hash_key
 from core.settings import Settings
 
-from . import rate_limit
 from .problems import Problem
+from .rate_limit import RateLimit
 from .resources import db
 
 OPEN_ENDPOINTS = frozenset({"health.openapi"})
@@ -49,8 +50,8 @@ class KeyCache:
 
 def install(app: Flask, settings: Settings) -> None:
     app.extensions["dcgan"]["key_cache"] = KeyCache()
+    app.extensions["dcgan"]["rate_limiter"] = RateLimit(settings)
     app.before_request(_authenticate)
-    rate_limit.install(app, settings)  # after the key check, so it counts accepted keys
 
 
 def open_endpoint(endpoint: str | None, path: str) -> bool:
@@ -83,4 +84,4 @@ def _authenticate() -> None:
             raise unauthorized("the API key is unknown or revoked", "invalid_token")
         cache.put(key_hash, tenant)
     g.tenant_id = tenant
-    g.rate_limit_key = key_hash[:32]
+    current_app.extensions["dcgan"]["rate_limiter"].check(key_hash[:32])  # accepted keys only: no guesses
