@@ -110,7 +110,7 @@ def _message(model: type[RequestModel], field: str, error: Any, context: Mapping
     template = model.messages.get(f"{field}:{kind}") or (model.messages.get(field) if kind != "missing" else None)
     if template is None:
         return "required" if kind == "missing" else error["msg"]
-    values = {"max_runtime_seconds": Settings.max_job_seconds, **context}
+    values = {**context, "max_runtime_seconds": _server_limit(context)}
     return template.format(input=repr(str(error.get("input"))[:100]), **values)
 
 
@@ -121,6 +121,11 @@ def _refuse(kind: str, message: str) -> PydanticCustomError:
 
 def _lookups(info: ValidationInfo) -> Lookups | None:
     return (info.context or {}).get("lookups")
+
+
+def _server_limit(context: Mapping[str, Any] | None) -> int:
+    """The server's runtime limit the API passes in the validation context (the default without one)."""
+    return (context or {}).get("max_runtime_seconds", Settings.max_job_seconds)
 
 
 def _without_default(schema: dict[str, Any]) -> None:
@@ -180,8 +185,8 @@ class TrainJobRequest(RequestModel):
     @classmethod
     def _known_dataset(cls, value: str, info: ValidationInfo) -> str:
         if value.startswith(BUILTIN_PREFIX):
-            if value not in BUILTIN_DATASETS:
-                raise _refuse("unknown_builtin", f"unknown builtin; use one of {', '.join(BUILTIN_DATASETS)}")
+            if (problem := _unknown_builtin(value)) is not None:
+                raise _refuse("unknown_builtin", problem)
         elif (lookups := _lookups(info)) is not None and lookups.dataset(value) is None:
             raise _refuse("not_found", f"no dataset {value[:100]!r}")
         return value
@@ -189,9 +194,8 @@ class TrainJobRequest(RequestModel):
     @field_validator("max_runtime_seconds")
     @classmethod
     def _within_server_limit(cls, value: int, info: ValidationInfo) -> int:
-        limit = (info.context or {}).get("max_runtime_seconds", Settings.max_job_seconds)
-        if value > limit:
-            raise _refuse("over_limit", f"must be an integer from 1 to {limit} (the server's limit)")
+        if value > (limit := _server_limit(info.context)):
+            raise _refuse("over_limit", cls.messages["max_runtime_seconds"].format(max_runtime_seconds=limit))
         return value
 
     def stored(self) -> dict[str, Any]:
@@ -200,16 +204,20 @@ class TrainJobRequest(RequestModel):
         return {"dataset": self.dataset, **limit}
 
 
-def builtin_dataset(reference: str) -> str | None:
-    """The catalog name a `builtin:<name>` reference names, or None for a dataset id (DataError otherwise)."""
+def _unknown_builtin(reference: str) -> str | None:
+    """What is wrong with a `builtin:<name>` reference the platform does not serve; None when it does."""
+    return None if reference in BUILTIN_DATASETS else f"unknown builtin; use one of {', '.join(BUILTIN_DATASETS)}"
+
+
+def parse_dataset_reference(reference: str) -> str | uuid.UUID:
+    """The catalog name a `builtin:<name>` reference names, or an uploaded dataset's id; DataError otherwise."""
     if reference.startswith(BUILTIN_PREFIX):
-        if reference not in BUILTIN_DATASETS:
-            raise catalog.DataError(f"dataset {reference!r}: unknown builtin; use one of "
-                                    f"{', '.join(BUILTIN_DATASETS)}")
+        if (problem := _unknown_builtin(reference)) is not None:
+            raise catalog.DataError(f"dataset {reference!r}: {problem}")
         return reference.removeprefix(BUILTIN_PREFIX)
-    if parse_id(reference) is None:
+    if (dataset_id := parse_id(reference)) is None:
         raise catalog.DataError(f"dataset {reference!r}: neither a dataset id nor {BUILTIN_PREFIX}<name>")
-    return None
+    return dataset_id
 
 
 class GenerateJobRequest(RequestModel):
@@ -310,8 +318,13 @@ class GridQuery(RequestModel):
 
 # ----- uploads (multipart/form-data) -----
 
+def without_control_characters(text: str) -> str:
+    """`text` without C0 control characters and DEL (PostgreSQL cannot even store NUL)."""
+    return "".join(char for char in text if ord(char) >= 0x20 and ord(char) != 0x7F)
+
+
 def _display_name(value: str) -> str:
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):  # PostgreSQL cannot even store NUL
+    if without_control_characters(value) != value:
         raise _refuse("control_characters", "must not contain control characters")
     return value[:MAX_NAME_LENGTH]
 

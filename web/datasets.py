@@ -16,7 +16,7 @@ from flask import Blueprint, current_app, request, url_for
 
 from core.archives import ArchiveError, Limits, archive_kind, read_images
 from core.db import Dataset
-from core.request_models import MAX_NAME_LENGTH, DatasetUpload
+from core.request_models import DatasetUpload
 from core.storage import StorageError, dataset_key, dataset_prefix
 
 from .idempotency import commit_upload, idempotent
@@ -45,7 +45,7 @@ def upload():
     data, errors = form_input(request, "a 'file' field")
     form = validated(DatasetUpload, data, errors)
     upload = form.file
-    name = display_name(form.name, upload.filename, "dataset", MAX_NAME_LENGTH)
+    name = display_name(form.name, upload.filename, "dataset")
     try:
         # app.config["ARCHIVE_LIMITS"] (a core.archives.Limits) lowers the limits for an embedding or a test
         limits = current_app.config.get("ARCHIVE_LIMITS") or Limits()

@@ -21,7 +21,7 @@ from typing import Any
 from flask import Blueprint, current_app, request, url_for
 
 from core.db import Generator
-from core.request_models import MAX_NAME_LENGTH, GeneratorUpload
+from core.request_models import GeneratorUpload
 from core.storage import uploaded_generator_key
 from core.weights import WeightsError, check_generator_weights
 
@@ -50,7 +50,7 @@ def upload():
     data, errors = form_input(request, "'file' and 'config' fields")
     form = validated(GeneratorUpload, data, errors)
     weights, config = form.file, form.config
-    name = display_name(form.name, weights.filename, "generator", MAX_NAME_LENGTH)
+    name = display_name(form.name, weights.filename, "generator")
     generator_id = uuid.uuid4()
     key = uploaded_generator_key(tenant_id(), generator_id)
     with tempfile.TemporaryFile(prefix="dcgan-generator-") as copy:

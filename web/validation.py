@@ -8,13 +8,15 @@ per field; a body that is not JSON, or not an object, is 400 (`malformed-json`);
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Mapping, TypeVar
 
 from flask import Request
 
 from core.archives import ArchiveError
 from core.db import Dataset, Generator, Job
-from core.request_models import RequestInvalid, RequestModel, validate
+from core.request_models import (MAX_NAME_LENGTH, RequestInvalid, RequestModel, parse_id, validate,
+                                 without_control_characters)
 from core.weights import WeightsError
 
 from .problems import Problem, validation_problem
@@ -24,16 +26,20 @@ M = TypeVar("M", bound=RequestModel)
 
 
 class TenantLookups:
-    """core.request_models.Lookups for the request's tenant. It remembers what it found, so the view gets the
-    rows the validation saw without asking the database again."""
+    """core.request_models.Lookups for the request's tenant. It keeps what it found by id, so the view gets
+    the rows the validation saw, however the client spelled the id, without a second query (the session's
+    identity map holds unchanged rows only weakly: a row nobody kept would be read again)."""
 
     def __init__(self) -> None:
-        self._found: dict[tuple[type, str], Any] = {}
+        self._found: dict[tuple[type, uuid.UUID], Any] = {}
 
     def _get(self, model: type, ref: str) -> Any | None:
-        if (model, ref) not in self._found:
-            self._found[model, ref] = get_by_id(model, ref, lambda row: row.tenant_id == tenant_id())
-        return self._found[model, ref]
+        row_id = parse_id(ref)
+        if row_id is None:  # malformed: no row has that id
+            return None
+        if (model, row_id) not in self._found:
+            self._found[model, row_id] = get_by_id(model, str(row_id), lambda row: row.tenant_id == tenant_id())
+        return self._found[model, row_id]
 
     def dataset(self, ref: str) -> Dataset | None:
         return self._get(Dataset, ref)
@@ -90,13 +96,12 @@ def query_input(request: Request) -> Mapping[str, str]:
     return request.args.to_dict()
 
 
-def display_name(given: str | None, filename: str | None, fallback: str, limit: int) -> str:
+def display_name(given: str | None, filename: str | None, fallback: str) -> str:
     """An upload's display name: the validated `name` field, else the file's name without control
-    characters (cut to `limit`), else `fallback`."""
+    characters (cut as a `name` is), else `fallback`."""
     if given:
         return given
-    cleaned = "".join(char for char in filename or "" if ord(char) >= 0x20 and ord(char) != 0x7F)
-    return cleaned[:limit] or fallback
+    return without_control_characters(filename or "")[:MAX_NAME_LENGTH] or fallback
 
 
 def refused_upload(exc: ArchiveError | WeightsError) -> Problem:

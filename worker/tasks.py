@@ -50,7 +50,7 @@ from core.gan.errors import GanError
 from core.gan.sample import Sampler, SampleError, grid_image, png_bytes
 from core.gan.train import Callbacks, Progress, train
 from core.queue import GENERATE, REAP, TRAIN
-from core.request_models import GenerateJobRequest, builtin_dataset
+from core.request_models import GenerateJobRequest, parse_dataset_reference
 from core.reaper import reap_once
 from core.settings import Settings
 from core.storage import ObjectNotFound, checkpoint_key, dataset_prefix, generator_key, grid_key, open_store, sample_key
@@ -284,10 +284,10 @@ def _load_dataset(run: Attempt, reference: Any, config: TrainConfig, folder: Pat
     cache_dir = run.context.settings.data_dir / "cache" / "datasets"
     if not isinstance(reference, str) or not reference:
         raise DataError("dataset: the job names no dataset")
-    name = builtin_dataset(reference)  # DataError for an unknown builtin or a malformed id
-    if name is not None:
-        return load_images(name, config.img_size, config.img_channels, cache_dir=cache_dir)
-    dataset_id = uuid.UUID(reference)
+    parsed = parse_dataset_reference(reference)  # DataError for an unknown builtin or a malformed id
+    if isinstance(parsed, str):  # a builtin: the catalog's name
+        return load_images(parsed, config.img_size, config.img_channels, cache_dir=cache_dir)
+    dataset_id = parsed
     prefix = dataset_prefix(run.tenant_id, dataset_id)
     keys = [key for key in run.store.list(prefix) if key.lower().endswith(IMAGE_SUFFIXES)]
     if not keys:
