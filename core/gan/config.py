@@ -9,7 +9,7 @@ Each field declares its allowed values once (`Bounds`, `OneOf`); `TrainConfig.pr
 are typed first (`_coerce`: JSON values and the CLI's strings) and ranges checked only once every value has
 its type, all problems at once. No validation library on purpose: this is the engine's contract with the
 CLI, the worker and every checkpoint, and core.gan stays free of the platform's libraries; the API wraps it
-as one field of its pydantic request models (core.job_requests).
+as one field of its pydantic request models (core.request_models).
 """
 
 from __future__ import annotations
@@ -211,9 +211,8 @@ class TrainConfig:
         """The JSON Schema of a config as `from_dict` accepts it, from the same declarations its checks use."""
         properties: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            kind = str(field.type)
-            base = _JSON_TYPES[kind.replace("| None", "").strip()]
-            schema: dict[str, Any] = {"type": [base, "null"] if "None" in kind else base}
+            base, optional = _field_type(field)
+            schema: dict[str, Any] = {"type": [_JSON_TYPES[base], "null"] if optional else _JSON_TYPES[base]}
             if field.default is not None:
                 schema["default"] = field.default
             if field.metadata.get("check") is not None:
@@ -226,19 +225,23 @@ class TrainConfig:
                 "description": "DCGAN training config; give steps or epochs. Same names as the CLI's --set."}
 
 _JSON_TYPES = {"int": "integer", "float": "number", "str": "string", "bool": "boolean"}
+
+
+def _field_type(f: dataclasses.Field) -> tuple[str, bool]:
+    """A field's base type name ("int", "float", "str", "bool") and whether it may be None."""
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    return kind.replace("| None", "").strip(), "None" in kind
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
 def _coerce(name: str, f: dataclasses.Field, value: Any, cli_strings: bool = True) -> Any:
     """Accept JSON values (and, with `cli_strings`, the strings of CLI `--set key=value`); reject anything else."""
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    optional = "None" in kind
+    base, optional = _field_type(f)
     if value is None:
         if optional:
             return None
         raise ConfigError(name, "must not be null")
-    base = kind.replace("| None", "").strip()
     if not cli_strings and isinstance(value, str) and base != "str":
         raise ConfigError(name, f"expected {base}, got {value!r}")
     try:
@@ -267,7 +270,7 @@ def _coerce(name: str, f: dataclasses.Field, value: Any, cli_strings: bool = Tru
             return value
     except (TypeError, ValueError):
         raise ConfigError(name, f"expected {base}, got {value!r}") from None
-    raise ConfigError(name, f"unsupported field type {kind}")
+    raise ConfigError(name, f"unsupported field type {f.type}")
 
 
 def parse_set_options(pairs: list[str]) -> dict[str, str]:

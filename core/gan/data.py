@@ -24,8 +24,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from .catalog import FOLDER_PREFIX, NAMES, DataError
 from .atomic_files import atomic_write
+from .catalog import FOLDER_PREFIX, NAMES, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
