@@ -562,7 +562,9 @@ def main(argv: list[str] | None = None) -> int:
                              "one per core of this machine)")
     parser.add_argument("--threads", type=int, default=8,
                         help="own stack: request threads per API process (default 8, as `dcgan api`)")
-    parser.add_argument("--server", choices=["waitress", "gthread"], default="waitress",
+    from cli.servers import API_SERVERS
+
+    parser.add_argument("--server", choices=API_SERVERS, default=API_SERVERS[0],
                         help="own stack: what speaks HTTP in each API process (default waitress, as `dcgan api`)")
     args = parser.parse_args(argv)
     if args.url:

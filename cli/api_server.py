@@ -26,7 +26,6 @@ from gunicorn.workers.base import Worker
 
 # What the workers serve: imported in each of them, never by this process.
 API_APP = "web:create_app()"
-SERVERS = ("waitress", "gthread")
 # Idle keep-alive connections are closed after this long, by either server (waitress's default): a pool of
 # polling connections leaves some idle for many seconds, and gunicorn's default of 2 s made such clients
 # reconnect.

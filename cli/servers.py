@@ -30,6 +30,8 @@ from cli.admin import upgrade_database
 COMMANDS = ("up", "api", "worker", "reaper")
 LOCAL_TENANT = "local"
 DEFAULT_THREADS = 8
+# What can speak HTTP in each API process (cli.api_server); the first is the default, measured better here.
+API_SERVERS = ("waitress", "gthread")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +45,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      help="API processes sharing the port (default: DCGAN_API_PROCESSES, else 1); one Python "
                           "process uses one core, so give it one per core the API may use")
     api.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="request threads per process")
-    api.add_argument("--server", choices=["waitress", "gthread"], default="waitress",
+    api.add_argument("--server", choices=API_SERVERS, default=API_SERVERS[0],
                      help="what speaks HTTP in each process gunicorn runs (default waitress: it measured better "
                           "here; see cli/api_server.py)")
     sub.add_parser("worker", help="run a Celery worker for the train and generate queues")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import IO, Any, Callable
 
@@ -41,6 +42,8 @@ from .problems import Problem
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
+# A key is 1 to MAX_KEY_LENGTH of these: printable ASCII, space included (web.openapi publishes the rule).
+KEY_CHARACTERS = "[ -~]"
 CHUNK = 1024 * 1024
 
 
@@ -155,7 +158,7 @@ def _key_from_header() -> str | None:
     key = request.headers.get(HEADER)
     if key is None:
         return None
-    if not 1 <= len(key) <= MAX_KEY_LENGTH or not all(" " <= char <= "~" for char in key):
+    if re.fullmatch(f"{KEY_CHARACTERS}{{1,{MAX_KEY_LENGTH}}}", key) is None:
         raise Problem(400, f"{HEADER} must be 1 to {MAX_KEY_LENGTH} printable ASCII characters",
                       slug="invalid-idempotency-key", title="Invalid Idempotency-Key",
                       errors=[{"field": HEADER, "message": f"1 to {MAX_KEY_LENGTH} printable ASCII characters"}])

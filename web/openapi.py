@@ -16,6 +16,9 @@ from flask import Flask
 from core.gan.config import TrainConfig
 from core.request_models import RequestModel
 
+from .idempotency import HEADER as IDEMPOTENCY_HEADER
+from .idempotency import KEY_CHARACTERS, MAX_KEY_LENGTH
+
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 _PROBLEM_ANSWER = {"description": "an RFC 9457 problem", "content": {"application/problem+json": {"schema": PROBLEM}}}
 BINARY = {"description": "the file", "content": {"application/octet-stream": {}}}
@@ -125,8 +128,9 @@ def _components(models: set[type[RequestModel]]) -> dict[str, Any]:
             "description": "an API key (dcg_...): `dcgan keys create --tenant <name>`, or <data-dir>/api-key "
                            "made by `dcgan up`"}},
         "parameters": {"IdempotencyKey": {
-            "name": "Idempotency-Key", "in": "header", "required": False,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+            "name": IDEMPOTENCY_HEADER, "in": "header", "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH,
+                       "pattern": f"^{KEY_CHARACTERS}+$"},
             "description": "the same key with the same request (method, path, body) answers the first response "
                            "again (header Idempotent-Replayed: true) and creates nothing; with another request "
                            "it is 422 idempotency-key-reused. Scoped to the tenant."}},
