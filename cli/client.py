@@ -19,10 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
-from tenacity import Retrying, retry_if_exception_type, retry_never, stop_after_attempt, wait_incrementing
-
+from core.gan.catalog import BUILTIN_DATASETS
 from core.job_states import JobStatus, JobType
-from core.request_models import BUILTIN_DATASETS
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 SEND_ATTEMPTS = 3
@@ -87,6 +85,8 @@ def request(method: str, path: str, body: dict[str, Any] | None = None,
     if body is not None:
         data = json.dumps(body).encode()
         headers.update({"Content-Type": "application/json", "Idempotency-Key": f"cli-{uuid.uuid4()}"})
+    from tenacity import Retrying, retry_if_exception_type, retry_never, stop_after_attempt, wait_incrementing
+
     no_answer = (urllib.error.URLError, ConnectionError, TimeoutError)  # HTTPError is an answer: never again
 
     def send() -> Any:
@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
         elif args.jobs_action == "cancel":
             answer = request("POST", f"/v1/jobs/{args.job_id}/cancel")
         else:
-            # A core.request_models.TrainJobRequest; the server validates it (and looks the dataset up).
+            # A core.request_models.TrainJobRequest (not imported: every `dcgan` command would pay for
+            # building the models); the server validates it and looks the dataset up.
             body = {"dataset": args.dataset, "config": parse_config(args.config)}
             if args.max_runtime is not None:
                 body["max_runtime_seconds"] = args.max_runtime

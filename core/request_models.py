@@ -21,15 +21,13 @@ from pydantic import (BaseModel, ConfigDict, Field, PlainSerializer, PlainValida
 from pydantic_core import PydanticCustomError
 
 from core.gan import catalog
+from core.gan.catalog import BUILTIN_DATASETS, BUILTIN_PREFIX
 from core.gan.config import ConfigError, TrainConfig
 from core.gan.seeds import (DEFAULT_TRUNCATION, MAX_SEED, MAX_SEEDS, TRUNCATION_MAX, SampleError,
                             parse_seeds)
 from core.job_states import JobStatus, JobType
 from core.settings import Settings
 
-BUILTIN_PREFIX = "builtin:"
-# The catalog's datasets that load without internet: what a job may name as builtin:<name>.
-BUILTIN_DATASETS = tuple(BUILTIN_PREFIX + name for name in catalog.OFFLINE)
 DEFAULT_NROW = 8
 NROW_MAX = 64
 MAX_LIST_LIMIT = 200

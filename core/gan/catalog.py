@@ -1,7 +1,7 @@
 """The datasets the engine knows by name, and the error for one that cannot be used.
 
-Torch-free, so the API, the worker and the command line all name datasets from this one list; the loaders
-themselves are core.gan.data's.
+Torch-free and cheap to import, so the API, the worker and the command line (at start-up, for its help)
+all name datasets from this one list; the loaders themselves are core.gan.data's.
 """
 
 from __future__ import annotations
@@ -40,3 +40,6 @@ NAMED_DATASETS = (
 NAMES = tuple(dataset.name for dataset in NAMED_DATASETS)
 OFFLINE = tuple(dataset.name for dataset in NAMED_DATASETS if dataset.offline)
 GRAYSCALE = tuple(dataset.name for dataset in NAMED_DATASETS if dataset.channels == 1)
+# How the platform's requests name a dataset of this list (the ones that load offline): builtin:<name>.
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_DATASETS = tuple(BUILTIN_PREFIX + name for name in OFFLINE)
