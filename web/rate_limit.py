@@ -7,10 +7,10 @@ the limit: 429 `rate-limited` with `Retry-After` = the whole seconds left in the
 `RateLimit.check` once it has accepted the key, so keys are counted, not guesses.
 
 Why not Flask-Limiter itself: it resolves which limits apply on every request, and that cost shows here.
-Measured on this project's 2-core VM (2026-12-01, a bare Flask view, real Redis, CPU per request): no limit
-~320 us, the hand-written limiter this replaced ~525 us, `limits` directly ~565 us, Flask-Limiter ~700 us;
-at the 200 polls/s of bench/load_test.py that is 4% of a core more, which a saturated 2-core machine pays
-in its poll p99.
+Measured on this project's 2-core VM (2026-12-01, AVX-512 CPU with avx512_bf16 and amx_bf16; a bare Flask
+view, real Redis, CPU per request): no limit ~320 us, the hand-written limiter this replaced ~525 us,
+`limits` directly ~565 us, Flask-Limiter ~700 us; at the 200 polls/s of bench/load_test.py that is 4% of a
+core more, which a saturated 2-core machine pays in its poll p99.
 
 The database, not Redis, is the source of truth, so a Redis that cannot be reached lets requests through
 with one warning instead of failing the API, and is left alone for a few seconds after a failure so each

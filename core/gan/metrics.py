@@ -119,7 +119,8 @@ def resize_like_tf1(x: torch.Tensor, size: int) -> torch.Tensor:
     TF1 on the CPU, agreed with the hand-written version it replaced within 2e-5 on 28-128 px inputs. It
     costs about 0.8 s per 50 images (64 -> 299 px) on this project's 2-core CPU, where the Inception pass
     that follows took 25 s, so its "fast" method (0.1 s, within 1e-5 but not exact) was not worth the
-    difference (measured 2026-12-01, with other work on the machine).
+    difference (measured 2026-12-01 on an AVX-512 CPU with avx512_bf16 and amx_bf16, with other work on the
+    machine).
     """
     return interpolate_bilinear_2d_like_tensorflow1x(x, size=(size, size), align_corners=False, method="slow")
 
