@@ -51,6 +51,11 @@ class Settings:
     max_queued_jobs: int = 100
     # An Idempotency-Key is answered from its record for at least this long; the reaper deletes it after.
     idempotency_hours: int = 24
+    # Signs the dashboard's session cookies; empty means a random one kept in <data_dir>/secret-key.
+    secret_key: str = ""
+    # Event streams (GET /v1/jobs/<id>/stream) one API process holds open at once; each has a thread of its
+    # own beside the request threads, so streams never take the threads that answer polls.
+    max_streams: int = 64
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -72,6 +77,8 @@ class Settings:
             rate_limit_per_minute=env_int(env, "DCGAN_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute),
             max_queued_jobs=env_int(env, "DCGAN_MAX_QUEUED_JOBS", cls.max_queued_jobs),
             idempotency_hours=env_int(env, "DCGAN_IDEMPOTENCY_HOURS", cls.idempotency_hours),
+            secret_key=env.get("DCGAN_SECRET_KEY", ""),
+            max_streams=env_int(env, "DCGAN_MAX_STREAMS", cls.max_streams),
         )
         return settings.with_defaults()
 
