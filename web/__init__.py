@@ -1,5 +1,7 @@
-"""The Flask API: `create_app(settings=None)` is its only entry point (it reads the environment when no
-settings are given). It never imports torch or the worker: jobs are sent to Celery by task name.
+"""The Flask API and the dashboard's pages: `create_app(settings=None)` is its only entry point (it reads the
+environment when no settings are given). It never imports torch or the worker: jobs are sent to Celery by
+task name. The API's routes are under /v1 (BLUEPRINTS, documented by web.openapi); the pages under / are
+web.pages, which also sets the secret key, the CSRF protection and the security headers.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from .datasets import bp as datasets_bp
 from .generators import bp as generators_bp
 from .health import bp as health_bp
 from .jobs import bp as jobs_bp
+from .pages import install as install_pages
 from .problems import register_error_handlers
 from .resources import attach, readiness_checks
 
@@ -33,4 +36,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["READINESS_CHECKS"] = readiness_checks(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    install_pages(app, settings)
     return app
