@@ -7,6 +7,12 @@ returns, so every query the view makes is scoped to it, and the request counts a
 (web.rate_limit). A path or method that matches no route is answered 404 / 405 as before: there is nothing
 behind it to protect.
 
+A request without an Authorization header may instead carry the dashboard's session cookie
+(web.session_auth): the pages' scripts read the same API. A browser sends that cookie by itself, also on a
+request another site makes it send, so an unsafe method (POST, PUT, PATCH, DELETE) authenticated by the
+cookie must also carry the session's CSRF token in an `X-CSRFToken` header, else 403 `csrf-failed`. A Bearer
+request is never a browser's ambient credential and needs no token.
+
 A valid key is remembered in the process for AUTH_CACHE_SECONDS (a cachetools.TTLCache), so a client
 polling a job costs one database query instead of two; a revoked key therefore stops working within that
 many seconds (a key that was never accepted by this process is refused at once). Unknown keys are not
@@ -19,6 +25,8 @@ import threading
 
 from cachetools import TTLCache
 from flask import Flask, current_app, g, request
+from flask_wtf.csrf import validate_csrf
+from wtforms import ValidationError
 
 from core.auth import authenticate, hash_key
 from core.settings import Settings
@@ -26,8 +34,11 @@ from core.settings import Settings
 from .problems import Problem
 from .rate_limit import RateLimit
 from .resources import db
+from .session_auth import session_key_hash, session_tenant
 
 OPEN_ENDPOINTS = frozenset({"health.openapi"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_HEADER = "X-CSRFToken"
 AUTH_CACHE_SECONDS = 5.0
 AUTH_CACHE_SIZE = 10_000
 
@@ -69,6 +80,9 @@ def _authenticate() -> None:
     if request.url_rule is None or open_endpoint(request.endpoint, request.path):
         return
     header = request.headers.get("Authorization")
+    if header is None and (key_hash := session_key_hash()) is not None:
+        _authenticate_session(key_hash)
+        return
     if header is None:
         raise unauthorized("send an API key: Authorization: Bearer <key> (dcgan keys create makes one)")
     scheme, _, secret = header.strip().partition(" ")
@@ -85,3 +99,20 @@ def _authenticate() -> None:
         cache.put(key_hash, tenant)
     g.tenant_id = tenant
     current_app.extensions["dcgan"]["rate_limiter"].check(key_hash[:32])  # accepted keys only: no guesses
+
+
+def _authenticate_session(key_hash: str) -> None:
+    """A request of the dashboard's scripts: the session's key must still work, and an unsafe method must
+    prove with the CSRF token that a page of this site sent it."""
+    tenant = session_tenant()
+    if tenant is None:
+        raise unauthorized("the API key this session signed in with is revoked or unknown; sign in again",
+                           "invalid_token")
+    if request.method not in SAFE_METHODS:
+        try:
+            validate_csrf(request.headers.get(CSRF_HEADER))
+        except ValidationError as exc:
+            raise Problem(403, f"a request signed in by the session cookie must send the page's CSRF token in "
+                               f"{CSRF_HEADER} ({exc})", slug="csrf-failed", title="CSRF check failed") from None
+    g.tenant_id = tenant
+    current_app.extensions["dcgan"]["rate_limiter"].check(key_hash[:32])

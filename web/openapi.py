@@ -2,7 +2,8 @@
 declares with `@operation` (summary, request model, answers) and the request models' own JSON Schemas
 (core.request_models). Nothing in the document is written twice: a field's type, range and default come
 from the model that validates it, a path from the route that serves it, the Idempotency-Key header from
-`@idempotent`, and 401/429 from web.auth's rules.
+`@idempotent`, and 401/429 from web.auth's rules. The dashboard's pages (web.pages) and static files are
+not part of the API and not in the document.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ _PROBLEM_ANSWER = {"description": "an RFC 9457 problem", "content": {"applicatio
 BINARY = {"description": "the file", "content": {"application/octet-stream": {}}}
 JOB = {"description": "the job", "content": {"application/json": {"schema": {"type": "object"}}}}
 REDIRECT = {"description": "a presigned URL (S3)"}
+# Endpoints of these blueprints, and Flask's static files, are pages for browsers, not API operations.
+NOT_API_BLUEPRINTS = frozenset({"pages"})
 _REF = "#/components/schemas/{model}"
 
 
@@ -58,7 +61,7 @@ def openapi_document(app: Flask | None = None) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     models: set[type[RequestModel]] = set()
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.endpoint.partition(".")[0] in NOT_API_BLUEPRINTS:
             continue
         view = app.view_functions[rule.endpoint]
         declared: Operation | None = getattr(view, "openapi", None)

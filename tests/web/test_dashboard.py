@@ -1,0 +1,336 @@
+"""The dashboard's pages through Flask's test client, on SQLite and PostgreSQL with the real Redis: signing in
+and out, the session cookie's flags and contents, CSRF refusals (forms and cookie-authenticated /v1 calls),
+the security headers, tenant isolation, and the new-job form, which answers with the API's own validation.
+The pages in a real browser are tests/e2e/test_browser.py."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import stat
+import uuid
+import zlib
+from html.parser import HTMLParser
+
+
+from core.auth import create_key, revoke_key
+from core.db import Job, JobStatus
+from core.gan.config import TrainConfig
+from tests.web.conftest import make_app
+from tests.web.hostile.builders import png, zip_of
+from web.auth import KeyCache
+from web.session_auth import SECRET_KEY_FILE
+
+TRAIN = {"dataset": "builtin:digits", "config": {"steps": 20, "img_size": 32, "img_channels": 1}}
+
+
+def new_key(app, tenant: str = "tests") -> str:
+    with app.extensions["dcgan"]["sessions"]() as session:
+        _, secret = create_key(session, tenant)
+        session.commit()
+    return secret
+
+
+def csrf_token(client, path: str = "/signin") -> str:
+    page = client.get(path).get_data(as_text=True)
+    return re.search(r'<meta name="csrf-token" content="([^"]+)"', page).group(1)
+
+
+def signed_in(app, tenant: str = "tests"):
+    """A test client with a dashboard session of `tenant`; `.api_key` is the key it signed in with."""
+    client = app.test_client()
+    client.api_key = new_key(app, tenant)
+    response = client.post("/signin", data={"api_key": client.api_key, "csrf_token": csrf_token(client),
+                                            "next": "/"})
+    assert response.status_code == 303, response.get_data(as_text=True)
+    return client
+
+
+def bearer(app, client) -> dict[str, str]:
+    return {"Authorization": f"Bearer {client.api_key}"}
+
+
+def submit_job(app, client) -> str:
+    response = app.test_client().post("/v1/jobs/train", json=TRAIN, headers=bearer(app, client))
+    assert response.status_code == 202, response.json
+    return response.json["id"]
+
+
+class _Scripts(HTMLParser):
+    """Every <script> element's attributes, and every element attribute that is an inline event handler."""
+
+    def __init__(self):
+        super().__init__()
+        self.scripts: list[dict[str, str | None]] = []
+        self.handlers: list[str] = []
+        self.styles: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "script":
+            self.scripts.append(attributes)
+        self.handlers += [f"{tag} {name}" for name in attributes if name.startswith("on")]
+        self.styles += [tag for name in attributes if name == "style"]
+
+
+def test_pages_need_a_session_and_send_their_security_headers(api_app):
+    client = api_app.test_client()
+    for path in ("/", "/jobs/new", f"/jobs/{uuid.uuid4()}", "/compare", "/datasets", "/generators"):
+        response = client.get(path)
+        assert response.status_code == 302, path
+        assert response.headers["Location"].startswith("/signin?next=")
+    page = client.get("/signin")
+    assert page.status_code == 200
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy and "unsafe-inline" not in policy
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_no_page_has_an_inline_script_handler_or_style(api_app):
+    client = signed_in(api_app)
+    job_id = submit_job(api_app, client)
+    paths = ["/", "/jobs/new", f"/jobs/{job_id}", f"/jobs/{job_id}/cancel", f"/compare?job={job_id}",
+             "/datasets", "/generators", "/signin"]
+    for path in paths:
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert "script-src 'self'" in response.headers["Content-Security-Policy"], path
+        parsed = _Scripts()
+        parsed.feed(response.get_data(as_text=True))
+        assert parsed.scripts and all(s.get("src", "").startswith("/static/") for s in parsed.scripts), path
+        assert parsed.handlers == [] and parsed.styles == [], (path, parsed.handlers, parsed.styles)
+
+
+def _session_payload(cookie_value: str) -> dict:
+    """The JSON inside Flask's signed cookie (itsdangerous: optional '.' + base64, zlib when it starts with '.')."""
+    compressed = cookie_value.startswith(".")
+    data = cookie_value.lstrip(".").split(".")[0]
+    raw = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+    return json.loads(zlib.decompress(raw) if compressed else raw)
+
+
+def test_signing_in_sets_a_signed_httponly_samesite_cookie_without_the_key(api_app):
+    client = api_app.test_client()
+    key = new_key(api_app)
+    response = client.post("/signin", data={"api_key": key, "csrf_token": csrf_token(client), "next": "/datasets"})
+    assert response.status_code == 303 and response.headers["Location"] == "/datasets"
+    [set_cookie] = [h for h in response.headers.getlist("Set-Cookie") if h.startswith("dcgan_session=")]
+    flags = [part.strip().lower() for part in set_cookie.split(";")]
+    assert "httponly" in flags and "samesite=lax" in flags and "secure" not in flags  # plain http: no Secure
+    value = set_cookie.split(";")[0].split("=", 1)[1]
+    assert key not in set_cookie
+    payload = _session_payload(value)
+    assert set(payload) >= {"tenant", "key_hash"} and key not in json.dumps(payload)
+    assert client.get("/datasets").status_code == 200
+    # Over https the same cookie is marked Secure (and Flask-WTF wants a same-origin Referer there).
+    https = api_app.test_client()
+    page = https.get("/signin", base_url="https://localhost").get_data(as_text=True)
+    token = re.search(r'<meta name="csrf-token" content="([^"]+)"', page).group(1)
+    response = https.post("/signin", base_url="https://localhost", headers={"Referer": "https://localhost/signin"},
+                          data={"api_key": key, "csrf_token": token, "next": "/"})
+    [set_cookie] = [h for h in response.headers.getlist("Set-Cookie") if h.startswith("dcgan_session=")]
+    assert "secure" in [part.strip().lower() for part in set_cookie.split(";")]
+
+
+def test_a_next_target_off_this_site_is_ignored(api_app):
+    client = api_app.test_client()
+    response = client.post("/signin", data={"api_key": new_key(api_app), "csrf_token": csrf_token(client),
+                                            "next": "//evil.example/x"})
+    assert response.status_code == 303 and response.headers["Location"] == "/"
+
+
+def test_a_bad_or_revoked_key_does_not_sign_in(api_app):
+    client = api_app.test_client()
+    for key in ("dcg_" + "x" * 43, "not-a-key", ""):
+        response = client.post("/signin", data={"api_key": key, "csrf_token": csrf_token(client)})
+        assert response.status_code == 401 and "unknown or revoked" in response.get_data(as_text=True)
+        assert client.get("/").status_code == 302
+    revoked = new_key(api_app)
+    with api_app.extensions["dcgan"]["sessions"]() as session:
+        revoke_key(session, revoked)
+        session.commit()
+    response = client.post("/signin", data={"api_key": revoked, "csrf_token": csrf_token(client)})
+    assert response.status_code == 401 and client.get("/").status_code == 302
+
+
+def test_revoking_the_key_ends_its_sessions(api_app):
+    api_app.extensions["dcgan"]["key_cache"] = KeyCache(seconds=0.001)  # no grace: check the database each time
+    client = signed_in(api_app)
+    assert client.get("/").status_code == 200 and client.get("/v1/jobs").status_code == 200
+    with api_app.extensions["dcgan"]["sessions"]() as session:
+        revoke_key(session, client.api_key)
+        session.commit()
+    assert client.get("/").status_code == 302
+    assert client.get("/v1/jobs").status_code == 401
+
+
+def test_forms_without_the_csrf_token_are_refused(api_app):
+    client = signed_in(api_app)
+    job_id = submit_job(api_app, client)
+    for path, data in [(f"/jobs/{job_id}/cancel", {}), ("/jobs/new", {"dataset": "builtin:digits"}),
+                       ("/signout", {}), (f"/jobs/{job_id}/cancel", {"csrf_token": "forged"})]:
+        response = client.post(path, data=data)
+        assert response.status_code == 400, path
+        assert response.mimetype == "text/html" and "CSRF" in response.get_data(as_text=True)
+    assert client.get(f"/v1/jobs/{job_id}").json["status"] == "queued"  # nothing was cancelled
+    assert len(client.get("/v1/jobs").json["jobs"]) == 1  # nor submitted
+    assert client.get("/").status_code == 200  # still signed in
+    # With the token the same cancel works, and signing out ends the session.
+    token = csrf_token(client, "/")
+    assert client.post(f"/jobs/{job_id}/cancel", data={"csrf_token": token}).status_code == 303
+    assert client.get(f"/v1/jobs/{job_id}").json["status"] == "cancelled"
+    assert client.post("/signout", data={"csrf_token": token}).status_code == 303
+    assert client.get("/").status_code == 302 and client.get("/v1/jobs").status_code == 401
+
+
+def test_the_api_takes_the_session_cookie_with_a_csrf_header_for_unsafe_methods(api_app):
+    client = signed_in(api_app)
+    job_id = submit_job(api_app, client)
+    assert client.get(f"/v1/jobs/{job_id}").status_code == 200  # reads need only the cookie
+    refused = client.post(f"/v1/jobs/{job_id}/cancel")
+    assert refused.status_code == 403 and refused.mimetype == "application/problem+json"
+    assert refused.json["type"] == "/problems/csrf-failed"
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers={"X-CSRFToken": "forged"}).status_code == 403
+    assert client.get(f"/v1/jobs/{job_id}").json["status"] == "queued"
+    accepted = client.post(f"/v1/jobs/{job_id}/cancel", headers={"X-CSRFToken": csrf_token(client, "/")})
+    assert accepted.status_code == 202 and accepted.json["status"] == "cancelled"
+    # A Bearer request needs no token, cookie or not: the key is no ambient credential.
+    other = submit_job(api_app, client)
+    response = client.post(f"/v1/jobs/{other}/cancel", headers=bearer(api_app, client))
+    assert response.status_code == 202
+
+
+def test_a_tenant_sees_only_its_own_jobs(api_app):
+    first, second = signed_in(api_app, "first"), signed_in(api_app, "second")
+    job_id = submit_job(api_app, first)
+    assert job_id in first.get("/").get_data(as_text=True)
+    assert job_id not in second.get("/").get_data(as_text=True)
+    for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/cancel", f"/compare?job={job_id}", "/jobs/not-a-uuid"):
+        response = second.get(path)
+        assert response.status_code == 404 and response.mimetype == "text/html", path
+        assert 'data-error-status="404"' in response.get_data(as_text=True)
+    token = csrf_token(second, "/")
+    assert second.post(f"/jobs/{job_id}/cancel", data={"csrf_token": token}).status_code == 404
+    assert second.get(f"/v1/jobs/{job_id}").status_code == 404
+    assert second.post(f"/v1/jobs/{job_id}/cancel", headers={"X-CSRFToken": token}).status_code == 404
+    assert first.get(f"/v1/jobs/{job_id}").json["status"] == "queued"
+
+
+def test_the_new_job_form_shows_every_config_field_with_its_default(api_app):
+    page = signed_in(api_app).get("/jobs/new").get_data(as_text=True)
+    for name, prop in TrainConfig.json_schema()["properties"].items():
+        assert f'name="config.{name}"' in page, name
+        if "enum" in prop:
+            assert re.search(rf'<select id="config\.{name}" name="config\.{name}">', page), name
+            for choice in prop["enum"]:
+                assert f'<option value="{choice}"' in page, (name, choice)
+    assert '<option value="builtin:digits" selected>' in page
+    assert 'name="config.z_dim" type="number" value="100"' in page and 'min="1"' in page and 'max="4096"' in page
+
+
+def _form(client, **config) -> dict[str, str]:
+    page = client.get("/jobs/new").get_data(as_text=True)
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', page).group(1)
+    data = {"csrf_token": csrf_token(client, "/jobs/new"), "idempotency_key": key, "dataset": "builtin:digits"}
+    data.update({f"config.{name}": str(value) for name, value in config.items()})
+    return data
+
+
+def test_a_refused_submission_shows_each_error_beside_its_field(api_app):
+    client = signed_in(api_app)
+    data = _form(client, img_size=48, z_dim=0, steps="", lr=2)
+    data["dataset"] = str(uuid.uuid4())
+    response = client.post("/jobs/new", data=data)
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    for field in ("dataset", "config.img_size", "config.z_dim", "config.lr", "config.steps"):
+        assert f'data-error-for="{field}"' in page, field
+    assert re.search(r'id="config.img_size" name="config.img_size">.*<option value="48" selected', page, re.S) is None
+    assert 'name="config.z_dim" type="number" value="0"' in page  # what was sent is kept
+    # Text that is not a number goes to the API as it is, and its message comes back.
+    response = client.post("/jobs/new", data=_form(client, z_dim="many"))
+    assert response.status_code == 422
+    assert re.search(r'data-error-for="config.z_dim">expected int, got &#39;many&#39;<', response.get_data(as_text=True))
+    assert client.get("/v1/jobs").json["jobs"] == []
+
+
+def test_a_submission_makes_one_job_with_the_form_config(api_app, redis_client):
+    client = signed_in(api_app)
+    data = _form(client, img_size=32, img_channels=1, z_dim=8, steps=30, spectral_norm="true",
+                 diffaugment="translation")
+    response = client.post("/jobs/new", data=data)
+    assert response.status_code == 303, response.get_data(as_text=True)
+    job_id = response.headers["Location"].rsplit("/", 1)[-1]
+    job = client.get(f"/v1/jobs/{job_id}").json
+    assert job["config"]["z_dim"] == 8 and job["config"]["steps"] == 30 and job["config"]["spectral_norm"] is True
+    assert job["config"]["diffaugment"] == "translation" and job["config"]["compile"] is False
+    assert redis_client.llen("train") == 1
+    # The same form sent twice (a double click, a reload) is one job: the form carries an Idempotency-Key.
+    again = client.post("/jobs/new", data=data)
+    assert again.headers["Location"] == response.headers["Location"]
+    assert len(client.get("/v1/jobs").json["jobs"]) == 1 and redis_client.llen("train") == 1
+
+
+def test_the_job_page_has_its_hooks_and_a_succeeded_job_offers_generate(api_app, redis_client):
+    client = signed_in(api_app)
+    job_id = submit_job(api_app, client)
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    for hook in ('data-chart="losses"', 'data-chart="d-outputs"', "data-grid", "data-step-slider", "data-events",
+                 "data-cancel"):
+        assert hook in page, hook
+    with api_app.extensions["dcgan"]["sessions"]() as session:
+        session.get(Job, uuid.UUID(job_id)).status = JobStatus.SUCCEEDED
+        session.commit()
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert "data-cancel" not in page and re.search(r"<section class=\"generate\" data-generate\s*>", page)
+    token = csrf_token(client, "/")
+    refused = client.post(f"/jobs/{job_id}/generate", data={"csrf_token": token, "seeds": "3-1", "nrow": "4"})
+    assert refused.status_code == 422 and 'data-error-for="seeds"' in refused.get_data(as_text=True)
+    made = client.post(f"/jobs/{job_id}/generate", data={"csrf_token": token, "seeds": "0-7", "nrow": "4"})
+    assert made.status_code == 303
+    generate = client.get("/v1/jobs/" + made.headers["Location"].rsplit("/", 1)[-1]).json
+    assert generate["type"] == "generate" and generate["request"]["generator_job"] == job_id
+
+
+def test_the_openapi_document_has_no_pages(api_app):
+    paths = api_app.test_client().get("/v1/openapi.json").json["paths"]
+    assert "/v1/jobs" in paths and not [p for p in paths if p.startswith(("/jobs", "/signin", "/compare", "/static"))]
+
+
+def test_the_secret_key_is_kept_in_the_data_dir_or_taken_from_settings(engine, tmp_path, redis_client):
+    first = make_app(engine, tmp_path)
+    path = tmp_path / SECRET_KEY_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(path.read_text().strip()) >= 32
+    client = signed_in(first)
+    # A second process of the same data dir reads the same key, so the first one's cookie is good there.
+    second = make_app(engine, tmp_path)
+    assert second.secret_key == first.secret_key
+    cookie = client.get_cookie("dcgan_session")
+    other = second.test_client()
+    other.set_cookie("dcgan_session", cookie.value)
+    assert other.get("/").status_code == 200
+    configured = make_app(engine, tmp_path, secret_key="from-the-environment-" + "x" * 20)
+    assert configured.secret_key.startswith("from-the-environment-")
+    other = configured.test_client()
+    other.set_cookie("dcgan_session", cookie.value)
+    assert other.get("/").status_code == 302  # signed with another key: no session
+    for app in (first, second, configured):
+        app.extensions["dcgan"]["engine"].dispose()
+
+
+def test_an_upload_through_the_cookie_shows_in_its_tenants_lists_only(api_app):
+    owner, stranger = signed_in(api_app, "owner"), signed_in(api_app, "stranger")
+    archive = zip_of({"a.png": png(), "b.png": png(color=(0, 200, 0)), "notes.txt": b"not an image"})
+    # The page's script uploads with the cookie and the CSRF header, as a form would.
+    refused = owner.post("/v1/datasets", data={"file": (io.BytesIO(archive), "faces.zip")})
+    assert refused.status_code == 403
+    response = owner.post("/v1/datasets", data={"file": (io.BytesIO(archive), "faces.zip")},
+                          headers={"X-CSRFToken": csrf_token(owner, "/")})
+    assert response.status_code == 201 and (response.json["num_images"], response.json["num_rejected"]) == (2, 1)
+    dataset_id = response.json["id"]
+    for path in ("/datasets", "/jobs/new"):
+        assert dataset_id in owner.get(path).get_data(as_text=True), path
+        assert dataset_id not in stranger.get(path).get_data(as_text=True), path
+    assert "No uploaded generators" in owner.get("/generators").get_data(as_text=True)

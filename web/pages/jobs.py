@@ -1,0 +1,128 @@
+"""The jobs pages: the list, one job (charts, grids, timeline, artifacts, cancel, generate) and the comparison
+of training runs. Each page is rendered from the /v1 API (web.pages.api) and kept live by its script
+(web/static/jobs.js, job.js, compare.js), which reads the same API from the browser.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import abort, redirect, render_template, request, url_for
+
+from core.job_states import JobStatus, JobType
+
+from . import api, bp
+
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+PAGE_SIZE = 20
+# What the job page's generate form proposes first.
+DEFAULT_SEEDS = "0-15"
+DEFAULT_NROW = 4
+COMPARE_PICKER_SIZE = 50
+
+
+@bp.get("/")
+def jobs():
+    filters = {"status": request.args.get("status", ""), "type": request.args.get("type", "")}
+    cursor = request.args.get("cursor", "")
+    answer = api.get("/v1/jobs", **filters, cursor=cursor, limit=PAGE_SIZE)
+    error = None
+    if not answer.ok:  # a hand-edited filter or a stale cursor: say so, show the first page unfiltered
+        error, cursor = "; ".join(f"{field}: {message}" for field, message in answer.errors().items()), ""
+        filters = {"status": "", "type": ""}
+        answer = api.get("/v1/jobs", limit=PAGE_SIZE)
+    page = answer.body
+    return render_template("jobs.html", jobs=page["jobs"], next_cursor=page["next_cursor"], cursor=cursor,
+                           filters=filters, error=error, statuses=list(JobStatus), types=list(JobType),
+                           dataset_names=dataset_names(), page_size=PAGE_SIZE)
+
+
+def dataset_names() -> dict[str, str]:
+    """Uploaded datasets' display names by id, for the jobs' dataset column."""
+    answer = api.get("/v1/datasets")
+    return {d["id"]: d["name"] for d in answer.body["datasets"]} if answer.ok else {}
+
+
+def job_or_404(job_id: str) -> dict[str, Any]:
+    answer = api.get(f"/v1/jobs/{job_id}")
+    if answer.status == 404:
+        abort(404, f"There is no job {job_id[:100]} here.")
+    if not answer.ok:
+        abort(answer.status, answer.detail)
+    return answer.body
+
+
+def _listed(path: str, key: str) -> list[dict[str, Any]]:
+    """A list the job page shows, or an empty one when the API has none for this job (yet)."""
+    answer = api.get(path)
+    return answer.body.get(key, []) if answer.ok and isinstance(answer.body, dict) else []
+
+
+@bp.get("/jobs/<job_id>")
+def job(job_id: str, generate_errors: dict[str, str] | None = None, generate_values: dict[str, str] | None = None,
+        status: int = 200):
+    found = job_or_404(job_id)
+    generate_schema = api.schema("GenerateJobRequest")["properties"]
+    values = generate_values or {"seeds": DEFAULT_SEEDS, "nrow": str(DEFAULT_NROW),
+                                 "truncation": str(generate_schema["truncation"].get("default", ""))}
+    return render_template(
+        "job.html", job=found, active=found["status"] in ACTIVE,
+        events=_listed(f"/v1/jobs/{job_id}/events", "events"),
+        artifacts=_listed(f"/v1/jobs/{job_id}/artifacts", "artifacts"),
+        samples=_listed(f"/v1/jobs/{job_id}/samples", "samples"),
+        dataset_names=dataset_names(), parent=_parent(found),
+        can_generate=found["type"] == JobType.TRAIN and found["status"] == JobStatus.SUCCEEDED,
+        generate_schema=generate_schema, generate_values=values, generate_errors=generate_errors or {},
+        idempotency_key=str(uuid.uuid4()),
+    ), status
+
+
+def _parent(job: dict[str, Any]) -> str | None:
+    return (job.get("request") or {}).get("generator_job")
+
+
+@bp.get("/jobs/<job_id>/cancel")
+def cancel_confirm(job_id: str):
+    found = job_or_404(job_id)
+    return render_template("cancel.html", job=found, active=found["status"] in ACTIVE)
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel(job_id: str):
+    job_or_404(job_id)
+    answer = api.post(f"/v1/jobs/{job_id}/cancel")
+    if answer.status == 409:  # it finished while the page was open: the job page shows how
+        return redirect(url_for("pages.job", job_id=job_id), code=303)
+    if not answer.ok:
+        abort(answer.status, answer.detail)
+    return redirect(url_for("pages.job", job_id=job_id), code=303)
+
+
+@bp.post("/jobs/<job_id>/generate")
+def generate(job_id: str):
+    job_or_404(job_id)
+    values = {name: request.form.get(name, "").strip() for name in ("seeds", "nrow", "truncation")}
+    body: dict[str, Any] = {"generator_job": job_id, "seeds": values["seeds"]}
+    for name, kind in (("nrow", int), ("truncation", float)):
+        if values[name]:
+            body[name] = api.typed(values[name], kind)
+    answer = api.post("/v1/jobs/generate", body, idempotency_key=request.form.get("idempotency_key") or None)
+    if answer.ok:
+        return redirect(url_for("pages.job", job_id=answer.body["id"]), code=303)
+    errors = answer.errors() or {"": answer.detail}
+    return job(job_id, generate_errors=errors, generate_values=values, status=answer.status)
+
+
+@bp.get("/compare")
+def compare():
+    chosen = list(dict.fromkeys(request.args.getlist("job")))
+    compared = [job_or_404(job_id) for job_id in chosen]
+    not_train = [j["id"] for j in compared if j["type"] != JobType.TRAIN]
+    if not_train:
+        abort(400, f"only training jobs have loss curves to compare; {', '.join(not_train)} is not one")
+    candidates = api.get("/v1/jobs", type=JobType.TRAIN.value, limit=COMPARE_PICKER_SIZE).body["jobs"]
+    listed = {j["id"] for j in candidates}
+    return render_template("compare.html", jobs=compared, chosen=set(chosen),
+                           candidates=[j for j in compared if j["id"] not in listed] + candidates,
+                           dataset_names=dataset_names())
