@@ -4,7 +4,7 @@
 (function () {
   'use strict';
   const PALETTE = ['#2563eb', '#dc2626', '#16a34a', '#9333ea', '#ea580c', '#0891b2', '#ca8a04', '#db2777'];
-  const HEIGHT = 260;
+  const HEIGHT = 220;
 
   // series: [{label, color, dash}]; returns {set(data)} where data = [steps, ys1, ys2, ...].
   function lineChart(container, series) {

@@ -101,11 +101,24 @@
   }
 
   // Fill the data-field hooks under `root` (a jobs-table row, the job page's header) from a job document.
+  // Only what `job` has is changed: {status} alone leaves the progress as it is.
   function fillJob(root, job) {
-    const progress = job.progress || {};
     const set = (field, apply) => root.querySelectorAll('[data-field="' + field + '"]').forEach(apply);
+    if (job.attempt !== undefined) set('attempt', (el) => { el.textContent = job.attempt; });
+    if (job.error !== undefined) {
+      set('error', (el) => {
+        el.hidden = !job.error;
+        el.textContent = job.error ? job.error.type + ': ' + job.error.detail : '';
+      });
+    }
+    if (job.status === undefined) return;
     root.dataset.status = job.status;
     set('status', (el) => { el.textContent = job.status; el.className = 'badge badge-' + job.status; });
+    if (job.progress === undefined) {
+      if (job.status !== 'running') set('eta', (el) => { el.textContent = ''; });
+      return;
+    }
+    const progress = job.progress || {};
     set('bar', (el) => { el.max = progress.total_steps || 1; el.value = progress.step || 0; });
     set('steps', (el) => {
       el.textContent = progress.total_steps ? (progress.step || 0) + '/' + progress.total_steps : '';
@@ -122,13 +135,6 @@
         ? 'D ' + progress.loss_d.toFixed(3) + ' · G ' + progress.loss_g.toFixed(3) : '';
     });
     set('elapsed', (el) => { el.textContent = duration(progress.elapsed_seconds); });
-    if (job.attempt !== undefined) set('attempt', (el) => { el.textContent = job.attempt; });
-    if (job.error !== undefined) {
-      set('error', (el) => {
-        el.hidden = !job.error;
-        el.textContent = job.error ? job.error.type + ': ' + job.error.detail : '';
-      });
-    }
   }
 
   window.dcgan = {api, ApiError, every, throttle, duration, when, shortId, size, element, fillJob, FINISHED,

@@ -167,8 +167,9 @@
     });
     source.addEventListener('sample', (event) => addSample(data(event)));
     source.addEventListener('status', (event) => {
-      const {status: next} = data(event);
+      const {status: next, attempt} = data(event);
       if (next) setStatus(next);
+      if (attempt !== undefined) fillJob(header, {attempt});
       loadEvents();
     });
     source.addEventListener('log', () => loadEvents());
