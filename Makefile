@@ -22,6 +22,7 @@ run: $(STAMP)
 test: $(STAMP)
 	@scripts/ensure_services.sh
 	@scripts/ensure_test_data.sh
+	@scripts/ensure_browser.sh
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
