@@ -7,7 +7,8 @@ itself -- in a cookie signed with the app's secret key: `DCGAN_SECRET_KEY`, else
 by one process is good in the others and after a restart. Every request checks the hash again against the
 database (through web.auth's KeyCache, as a Bearer key is), so a revoked key ends its sessions within the
 cache's seconds. The cookie is HttpOnly, SameSite=Lax, Secure when the request came over https, and lasts
-SESSION_HOURS.
+SESSION_HOURS from signing in: it is not renewed by use, so a dashboard left open (its scripts poll) does not
+keep a session alive forever, and the API's answers to those polls carry no Set-Cookie.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def install(app: Flask, settings: Settings) -> None:
     app.secret_key = settings.secret_key or stored_secret_key(settings.data_dir)
     app.session_interface = _SessionInterface()
     app.config.update(SESSION_COOKIE_NAME="dcgan_session", SESSION_COOKIE_HTTPONLY=True,
-                      SESSION_COOKIE_SAMESITE="Lax", PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS))
+                      SESSION_COOKIE_SAMESITE="Lax", PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
+                      SESSION_REFRESH_EACH_REQUEST=False)
 
 
 def stored_secret_key(data_dir: Path) -> str:

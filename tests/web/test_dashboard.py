@@ -21,6 +21,7 @@ from core.gan.config import TrainConfig
 from tests.web.conftest import make_app
 from tests.web.hostile.builders import png, zip_of
 from web.auth import KeyCache
+from web.pages.jobs import PAGE_SIZE
 from web.session_auth import SECRET_KEY_FILE
 
 TRAIN = {"dataset": "builtin:digits", "config": {"steps": 20, "img_size": 32, "img_channels": 1}}
@@ -188,7 +189,8 @@ def test_forms_without_the_csrf_token_are_refused(api_app):
 def test_the_api_takes_the_session_cookie_with_a_csrf_header_for_unsafe_methods(api_app):
     client = signed_in(api_app)
     job_id = submit_job(api_app, client)
-    assert client.get(f"/v1/jobs/{job_id}").status_code == 200  # reads need only the cookie
+    read = client.get(f"/v1/jobs/{job_id}")
+    assert read.status_code == 200 and "Set-Cookie" not in read.headers  # reads need only the cookie
     refused = client.post(f"/v1/jobs/{job_id}/cancel")
     assert refused.status_code == 403 and refused.mimetype == "application/problem+json"
     assert refused.json["type"] == "/problems/csrf-failed"
@@ -216,6 +218,28 @@ def test_a_tenant_sees_only_its_own_jobs(api_app):
     assert second.get(f"/v1/jobs/{job_id}").status_code == 404
     assert second.post(f"/v1/jobs/{job_id}/cancel", headers={"X-CSRFToken": token}).status_code == 404
     assert first.get(f"/v1/jobs/{job_id}").json["status"] == "queued"
+
+
+def _rows(page: str) -> list[str]:
+    return re.findall(r'<tr data-job-id="([^"]+)"', page)
+
+
+def test_the_jobs_page_filters_and_pages(api_app):
+    client = signed_in(api_app)
+    submitted = [submit_job(api_app, client) for _ in range(PAGE_SIZE + 2)]
+    cancelled = submitted[3]
+    assert client.post(f"/v1/jobs/{cancelled}/cancel", headers=bearer(api_app, client)).status_code == 202
+    first = client.get("/").get_data(as_text=True)
+    assert _rows(first) == submitted[::-1][:PAGE_SIZE]  # newest first
+    next_page = re.search(r'<a href="([^"]+)" data-page="next">', first).group(1).replace("&amp;", "&")
+    second = client.get(next_page).get_data(as_text=True)
+    assert _rows(second) == submitted[::-1][PAGE_SIZE:] and 'data-page="next"' not in second
+    assert 'data-first-page="false"' in second  # its script updates these rows and adds none
+    assert _rows(client.get("/?status=cancelled&type=train").get_data(as_text=True)) == [cancelled]
+    assert _rows(client.get("/?type=generate").get_data(as_text=True)) == []
+    # A filter the API refuses says so and shows the first page unfiltered.
+    refused = client.get("/?status=bogus").get_data(as_text=True)
+    assert "data-filter-error" in refused and "status: one of" in refused and len(_rows(refused)) == PAGE_SIZE
 
 
 def test_the_new_job_form_shows_every_config_field_with_its_default(api_app):
