@@ -63,8 +63,18 @@ class WaitressWorker(Worker):
         raise SystemExit(0)  # out of waitress's loop, which shuts its sockets and threads down on it
 
 
-def serve(host: str, port: int, processes: int, threads: int, server: str = "waitress") -> None:
-    """Run the API until SIGTERM or SIGINT; print "API on ..." once every process is ready."""
+def serve(host: str, port: int, processes: int, threads: int, server: str = "waitress",
+          stream_threads: int | None = None) -> None:
+    """Run the API until SIGTERM or SIGINT; print "API on ..." once every process is ready.
+
+    Each process gets `threads` request threads plus `stream_threads` (default: the settings' max_streams)
+    for event streams (web.stream), which hold theirs for as long as a client listens: with threads
+    apart for them, 50 open streams leave the threads that answer polls free (bench/load_test.py --streams).
+    """
+    if stream_threads is None:
+        from core.settings import Settings
+
+        stream_threads = Settings.from_env().max_streams
     ready_read, ready_write = os.pipe()
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -73,7 +83,8 @@ def serve(host: str, port: int, processes: int, threads: int, server: str = "wai
             got = 0
             while got < processes:
                 got += len(ready.read(processes - got))
-            print(f"API on http://{host}:{port} ({processes} processes x {threads} threads)", flush=True)
+            print(f"API on http://{host}:{port} ({processes} processes x {threads} threads + {stream_threads} for "
+                  f"event streams)", flush=True)
             while ready.read(64):  # workers that gunicorn starts again later: nothing to say
                 pass
 
@@ -84,7 +95,7 @@ def serve(host: str, port: int, processes: int, threads: int, server: str = "wai
         threading.Thread(target=announce_when_all_ready, name="announce", daemon=True).start()
 
     options = {
-        "bind": [bind], "workers": processes, "threads": threads, "keepalive": KEEPALIVE_SECONDS,
+        "bind": [bind], "workers": processes, "threads": threads + stream_threads, "keepalive": KEEPALIVE_SECONDS,
         "worker_class": WaitressWorker if server == "waitress" else "gthread",
         # gthread: longer request lines are refused by gunicorn itself (400); ids are 36 characters.
         "limit_request_line": 8190,

@@ -216,7 +216,15 @@ class Artifact(Base):
 
 
 class JobEvent(Base):
-    """The audit trail of one job: state changes and notes, never per-step progress."""
+    """Everything that happens to one job, in the order it happened: the job's event stream.
+
+    State changes and notes (`log`) make its timeline; `progress` (at most one a SYNC_SECONDS), `sample`,
+    `checkpoint` and the final `completed` are there too, so a client of GET /v1/jobs/<id>/stream that
+    reconnects is replayed exactly what it missed. The id is that stream's event id. Ids are given out in
+    commit order for one job because every insert follows an UPDATE of the job's row in the same
+    transaction (core.jobs), whose lock orders the writers: a reader that has seen id N never later finds
+    a new row of that job below N.
+    """
 
     __tablename__ = "job_events"
     __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
@@ -224,10 +232,26 @@ class JobEvent(Base):
     id: Mapped[int] = mapped_column(AutoIncrementId, primary_key=True, autoincrement=True)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     at: Mapped[datetime] = mapped_column(default=utcnow)
-    # queued, claimed, resumed, succeeded, failed, cancel_requested, cancelled, requeued, lease_expired
+    # queued, claimed, resumed, started, resumed_from_step, succeeded, failed, cancel_requested, cancelled,
+    # requeued, lease_expired, log (the timeline); progress, sample, checkpoint, completed (the stream only)
     kind: Mapped[str] = mapped_column(String(32))
     attempt: Mapped[int]
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class MetricPoint(Base):
+    """One logged training step of a job: its losses, D's outputs and speed (and evaluation results,
+    when a step has them). One row per (job, step): a resumed attempt that logs a step again replaces it,
+    and its start deletes the steps past the checkpoint it resumed from, so the history is the one run
+    that produced the final weights."""
+
+    __tablename__ = "job_metrics"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(primary_key=True)
+    # loss_d, loss_g, d_real, d_fake, images_per_second (and fid, kid, ... from evaluation)
+    values: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class IdempotencyRecord(Base):

@@ -22,10 +22,16 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, literal, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from core.db import FINISHED_STATUSES, Artifact, Job, JobEvent, JobStatus, JobType, UTCDateTime, utcnow
+from core.db import (FINISHED_STATUSES, Artifact, Job, JobEvent, JobStatus, JobType, MetricPoint, UTCDateTime,
+                     utcnow)
+
+# Events a job's stream carries that are not part of its timeline (GET /v1/jobs/<id>/events): the progress
+# of every second, each sample grid and checkpoint, and the `completed` that ends the stream.
+STREAM_ONLY_KINDS = frozenset({"progress", "sample", "checkpoint", "completed"})
 
 
 class IllegalTransition(Exception):
@@ -99,9 +105,39 @@ def heartbeat(session: Session, job_id: uuid.UUID, attempt: int, lease_seconds: 
                           lease_expires_at=now + timedelta(seconds=lease_seconds))
 
 
-def record_progress(session: Session, job_id: uuid.UUID, attempt: int, progress: dict[str, Any]) -> bool:
-    """Replace the job's progress document (step, losses, ...) if `attempt` still holds the job."""
-    return _fenced_update(session, job_id, attempt, progress=progress, updated_at=utcnow())
+def record_progress(session: Session, job_id: uuid.UUID, attempt: int, progress: dict[str, Any],
+                    points: list[tuple[int, dict[str, Any]]] = ()) -> bool:
+    """Replace the job's progress document (step, losses, ...), add its `progress` event and the logged
+    steps `points` ((step, values), kept in job_metrics), if `attempt` still holds the job.
+
+    A step already recorded is replaced: a resumed attempt rewriting it leaves one row per step.
+    """
+    now = utcnow()
+    if not _fenced_update(session, job_id, attempt, progress=progress, updated_at=now):
+        return False
+    if points:
+        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        rows = [{"job_id": job_id, "step": step, "values": values, "at": now} for step, values in points]
+        statement = insert(MetricPoint).values(rows)
+        session.execute(statement.on_conflict_do_update(
+            index_elements=[MetricPoint.job_id, MetricPoint.step],
+            set_={"values": statement.excluded["values"], "at": statement.excluded.at}))
+    _event(session, job_id, "progress", attempt, now, progress)
+    return True
+
+
+def discard_metrics_after(session: Session, job_id: uuid.UUID, attempt: int, step: int) -> bool:
+    """Forget the logged steps past `step` (where this attempt resumes): they belong to a run the new
+    attempt does not continue, and it logs those steps again itself."""
+    if not _fenced_update(session, job_id, attempt, updated_at=utcnow()):
+        return False
+    session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > step))
+    return True
+
+
+def metric_points(session: Session, job_id: uuid.UUID) -> list[MetricPoint]:
+    """The job's logged steps, in step order."""
+    return list(session.scalars(select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.step)))
 
 
 def set_checkpoint(session: Session, job_id: uuid.UUID, attempt: int, key: str, step: int) -> bool:
@@ -109,8 +145,11 @@ def set_checkpoint(session: Session, job_id: uuid.UUID, attempt: int, key: str, 
 
     Not required to move forward: an attempt that found the checkpoint unusable starts over from 0.
     """
-    return _fenced_update(session, job_id, attempt, checkpoint_key=key, checkpoint_step=step,
-                          updated_at=utcnow())
+    now = utcnow()
+    if not _fenced_update(session, job_id, attempt, checkpoint_key=key, checkpoint_step=step, updated_at=now):
+        return False
+    _event(session, job_id, "checkpoint", attempt, now, {"step": step})
+    return True
 
 
 def record_artifact(session: Session, job_id: uuid.UUID, attempt: int, name: str, key: str, size: int,
@@ -349,7 +388,18 @@ def list_artifacts(session: Session, job_id: uuid.UUID) -> list[Artifact]:
 
 
 def list_events(session: Session, job_id: uuid.UUID) -> list[JobEvent]:
-    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+    """The job's timeline: state changes and notes, oldest first (not the stream's progress, samples,
+    checkpoints and `completed`)."""
+    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id,
+                                                       JobEvent.kind.not_in(STREAM_ONLY_KINDS))
+                                .order_by(JobEvent.id)))
+
+
+def events_after(session: Session, job_id: uuid.UUID, after_id: int, limit: int = 500) -> list[JobEvent]:
+    """Every event of the job with an id above `after_id`, oldest first, at most `limit`: what a stream
+    that has delivered `after_id` sends next."""
+    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+                                .order_by(JobEvent.id).limit(limit)))
 
 
 def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
@@ -386,5 +436,12 @@ def _fenced_update(session: Session, job_id: uuid.UUID, attempt: int, **values: 
 
 def _event(session: Session, job_id: uuid.UUID, kind: str, attempt: int, at: datetime,
            detail: dict[str, Any] | None = None) -> None:
+    """Add an event; a finished status is followed by `completed`, the stream's last event.
+
+    Callers have already updated the job's row in this transaction (or created it): that row lock is what
+    keeps event ids in commit order for the job (core.db.JobEvent).
+    """
     session.add(JobEvent(job_id=job_id, kind=kind, attempt=attempt, at=at, detail=detail or {}))
+    if kind in FINISHED_STATUSES:
+        session.add(JobEvent(job_id=job_id, kind="completed", attempt=attempt, at=at, detail={"status": kind}))
     session.flush()

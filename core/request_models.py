@@ -31,6 +31,8 @@ from core.settings import Settings
 DEFAULT_NROW = 8
 NROW_MAX = 64
 MAX_LIST_LIMIT = 200
+# The most points one metrics answer may ask for: enough for any chart, small enough for one response.
+MAX_METRIC_POINTS = 10_000
 MAX_STEP = 9_999_999  # artifact keys carry seven digits of step
 # Names longer than this are cut to it (uploads' display names).
 MAX_NAME_LENGTH = 200
@@ -312,6 +314,18 @@ class GridQuery(RequestModel):
     step: Annotated[int, Field(ge=0, le=MAX_STEP, json_schema_extra=_without_default)] = None
 
     messages = {"step": "a step number"}
+
+
+class MetricsQuery(RequestModel):
+    """GET /v1/jobs/<id>/metrics: the whole training history, or `max_points` of it spread evenly."""
+
+    model_config = ConfigDict(strict=False, extra="ignore")
+
+    max_points: Annotated[int, Field(ge=2, le=MAX_METRIC_POINTS, json_schema_extra=_without_default,
+                                     description="downsample evenly to this many points (the first and the "
+                                                 "last are kept)")] = None
+
+    messages = {"max_points": f"an integer from 2 to {MAX_METRIC_POINTS}"}
 
 
 # ----- uploads (multipart/form-data) -----

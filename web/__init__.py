@@ -19,9 +19,11 @@ from .jobs import bp as jobs_bp
 from .pages import install as install_pages
 from .problems import register_error_handlers
 from .resources import attach, readiness_checks
+from .stream import bp as stream_bp
+from .stream import install as install_streams
 
 # Every route the API serves; web.openapi documents exactly these.
-BLUEPRINTS = (health_bp, jobs_bp, artifacts_bp, datasets_bp, generators_bp)
+BLUEPRINTS = (health_bp, jobs_bp, stream_bp, artifacts_bp, datasets_bp, generators_bp)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -33,6 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     attach(app, settings)
     install_auth(app, settings)
+    install_streams(app)
     app.config["READINESS_CHECKS"] = readiness_checks(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)

@@ -1,4 +1,5 @@
-"""Downloads by job id: the artifact list, the latest (or a given step's) grid, the exported generator.
+"""Downloads by job id: the artifact list, the latest (or a given step's) grid, the sample grids written so
+far, the exported generator.
 
 Only artifacts the job's row records are served (an object in storage that no attempt recorded does not
 exist to users). Bytes stream from a LocalStore; with S3 the answer is a 302 to a short-lived presigned URL,
@@ -14,7 +15,7 @@ from sqlalchemy import select
 
 from core import jobs
 from core.db import Artifact
-from core.request_models import GridQuery
+from core.request_models import MAX_STEP, GridQuery
 from core.storage import ObjectNotFound, generator_key, grid_key, sample_key
 
 from .jobs import job_or_404
@@ -59,6 +60,26 @@ def grid(job_id: str):
     key = grid_key(job.tenant_id, job.id) if step is None else sample_key(job.tenant_id, job.id, step)
     return _send(_recorded(job.id, key, f"job {job_id} has no grid" + (f" at step {step}" if step is not None
                                                                        else " yet")))
+
+
+@bp.get("/<job_id>/samples")
+@operation("the sample grids written so far: step and URL of each, in step order", {200: "samples"})
+def samples(job_id: str):
+    job = job_or_404(job_id)
+    rows = db().scalars(select(Artifact).where(Artifact.job_id == job.id, Artifact.name.like("samples/%"),
+                                               Artifact.step.is_not(None)).order_by(Artifact.step))
+    return {"samples": [{"step": row.step, "url": url_for("artifacts.sample", job_id=job_id, step=row.step)}
+                        for row in rows]}
+
+
+@bp.get("/<job_id>/samples/<int:step>")
+@operation("the sample grid written at one step (PNG)", {200: BINARY, 302: REDIRECT})
+def sample(job_id: str, step: int):
+    job = job_or_404(job_id)
+    missing = f"job {job_id} has no sample at step {step}"
+    if step > MAX_STEP:  # no key can name it
+        raise Problem(404, missing)
+    return _send(_recorded(job.id, sample_key(job.tenant_id, job.id, step), missing))
 
 
 @bp.get("/<job_id>/generator")

@@ -18,7 +18,8 @@ from sqlalchemy import func, select
 from core import jobs
 from core.db import Job, JobStatus, JobType
 from core.queue import publish
-from core.request_models import BUILTIN_PREFIX, GenerateJobRequest, JobListQuery, TrainJobRequest
+from core.gan.config import LOG_EVERY_STEPS
+from core.request_models import BUILTIN_PREFIX, GenerateJobRequest, JobListQuery, MetricsQuery, TrainJobRequest
 
 from .idempotency import commit_created, idempotency_key, idempotent
 from .openapi import JOB, operation
@@ -161,3 +162,24 @@ def events(job_id: str):
     job = job_or_404(job_id)
     return {"events": [{"at": _iso(e.at), "kind": e.kind, "attempt": e.attempt, "detail": e.detail}
                        for e in jobs.list_events(db(), job.id)]}
+
+
+@bp.get("/<job_id>/metrics")
+@operation("the training history: one point per logged step (losses, D(x), D(G(z)), img/s)",
+           {200: "job_id, interval, total_points and points in step order"}, query=MetricsQuery)
+def metrics(job_id: str):
+    job = job_or_404(job_id)
+    max_points = validated(MetricsQuery, query_input(request)).max_points
+    rows = jobs.metric_points(db(), job.id)
+    points = [{"step": row.step, **row.values, "at": _iso(row.at)} for row in rows]
+    return {"job_id": str(job.id), "interval": LOG_EVERY_STEPS, "total_points": len(points),
+            "points": evenly_spaced(points, max_points) if max_points else points}
+
+
+def evenly_spaced(items: list, count: int) -> list:
+    """`count` of `items` spread evenly over them, the first and the last always among them (all of them
+    when there are no more than `count`)."""
+    if len(items) <= count:
+        return items
+    last = len(items) - 1
+    return [items[round(i * last / (count - 1))] for i in range(count)]

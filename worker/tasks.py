@@ -65,6 +65,8 @@ log = get_task_logger(__name__)
 SYNC_SECONDS = 1.0
 # Seeds rendered between two heartbeats of a generate job.
 GENERATE_CHUNK = 1024
+# What each logged step keeps in the job's metrics history (GET /v1/jobs/<id>/metrics).
+METRIC_NAMES = ("loss_d", "loss_g", "d_real", "d_fake", "images_per_second")
 
 
 # Set when the worker begins a warm shutdown (SIGTERM, a deploy): the running job checkpoints, releases
@@ -176,9 +178,11 @@ class _TrainHooks:
         self._last_progress = -math.inf
         self._last_check = -math.inf
         self._unwritten: Progress | None = None  # the newest progress the throttle held back
+        self._points: list[tuple[int, dict[str, float]]] = []  # logged steps not yet in job_metrics
 
     def flush_progress(self) -> None:
-        """Write the progress the throttle held back, so a stopped job shows the step it stopped at."""
+        """Write the progress (and logged steps) the throttle held back, so a stopped job shows the step it
+        stopped at and its metrics history has every logged step."""
         if self._unwritten is not None:
             self._last_progress = -math.inf
             self.on_progress(self._unwritten)
@@ -188,6 +192,8 @@ class _TrainHooks:
                          on_checkpoint=self.on_checkpoint, on_sample=self.on_sample)
 
     def on_progress(self, progress: Progress) -> None:
+        if not self._points or self._points[-1][0] != progress.step:  # a stop re-reports its last step
+            self._points.append((progress.step, {name: getattr(progress, name) for name in METRIC_NAMES}))
         now = time.monotonic()
         if now - self._last_progress < SYNC_SECONDS and progress.step < progress.total_steps:
             self._unwritten = progress
@@ -196,13 +202,16 @@ class _TrainHooks:
         document = progress.to_dict()
         if self.notes:
             document["notes"] = list(self.notes)
-        self.run.write(jobs.record_progress, document)
+        self.run.write(jobs.record_progress, document, self._points)
+        self._points = []
 
     def should_stop(self) -> bool:
         # Called before every step; the database is asked at most once a SYNC_SECONDS, and a stop sticks.
         if not self.started:
             self.started = True  # the checkpoint (if any) loaded: say where this attempt starts from
             step = self.resumed_from.step if self.resumed_from is not None else 0
+            # Steps a lost attempt logged past this checkpoint belong to a run that is not continued.
+            self.run.write(jobs.discard_metrics_after, step)
             self.run.write(jobs.record_event, "resumed_from_step" if step else "started",
                            {"step": step, **({"key": self.resumed_from.key} if self.resumed_from else {})})
         self.run.heartbeat()
@@ -227,10 +236,14 @@ class _TrainHooks:
         # The sample and the live grid are the same picture.
         self.run.upload(sample_key(self.run.tenant_id, self.run.job_id, step), path, step)
         self.run.upload(grid_key(self.run.tenant_id, self.run.job_id), path, step)
+        self.run.write(jobs.record_event, "sample", {"step": step})
 
     def on_checkpoint(self, path: Path, step: int) -> None:
         key = checkpoint_key(self.run.tenant_id, self.run.job_id, step)
         self.run.upload(key, path, step)
+        # The logged steps up to the checkpoint first: an attempt resuming from it logs only the steps after
+        # it again, so one held back here would be a gap in the history.
+        self.flush_progress()
         self.run.write(jobs.set_checkpoint, key, step)
 
 
@@ -258,8 +271,7 @@ def _train(run: Attempt) -> None:
                 if path is None or hooks.started:
                     raise
                 # A checkpoint this attempt cannot use costs the steps it held, not the job.
-                notes.append(f"could not resume from {candidate.key}: {exc}")
-                log.warning("job %s: %s", run.job_id, notes[-1])
+                _note(run, notes, f"could not resume from {candidate.key}: {exc}")
         hooks.flush_progress()
         if hooks.stop_reason == "shutdown":
             run.release()  # the final checkpoint is recorded; the next attempt resumes from it
@@ -300,6 +312,14 @@ def _load_dataset(run: Attempt, reference: Any, config: TrainConfig, folder: Pat
     return load_images(f"folder:{folder}", config.img_size, config.img_channels, cache_dir=cache_dir)
 
 
+def _note(run: Attempt, notes: list[str], message: str) -> None:
+    """Something the user should know about this attempt: kept in its progress notes, logged, and sent as
+    a `log` event on the job's stream and timeline."""
+    notes.append(message)
+    log.warning("job %s: %s", run.job_id, message)
+    run.write(jobs.record_event, "log", {"level": "warning", "message": message})
+
+
 def _fetch_checkpoint(run: Attempt, artifact: Artifact, folder: Path, notes: list[str]) -> Path | None:
     """A checkpoint a previous attempt recorded, downloaded and checked against its recorded sha256;
     None (and a note) when it is missing or its bytes are not the ones that were recorded."""
@@ -308,12 +328,10 @@ def _fetch_checkpoint(run: Attempt, artifact: Artifact, folder: Path, notes: lis
     try:
         fetched = run.store.get_file(artifact.key, path)
     except ObjectNotFound:
-        notes.append(f"checkpoint {artifact.key} is missing from the store, skipped")
-        log.warning("job %s: %s", run.job_id, notes[-1])
+        _note(run, notes, f"checkpoint {artifact.key} is missing from the store, skipped")
         return None
     if fetched.sha256 != artifact.sha256:
-        notes.append(f"checkpoint {artifact.key} does not match its recorded sha256 (corrupt), skipped")
-        log.warning("job %s: %s", run.job_id, notes[-1])
+        _note(run, notes, f"checkpoint {artifact.key} does not match its recorded sha256 (corrupt), skipped")
         path.unlink()
         return None
     return path

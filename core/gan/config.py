@@ -24,6 +24,8 @@ IMG_SIZES = (32, 64, 128)
 LOSSES = ("bce", "hinge")
 AUGMENTS = ("color", "translation", "cutout")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# The train loop reports its losses every this many steps: the spacing of a job's metrics history.
+LOG_EVERY_STEPS = 10
 
 
 class ConfigError(GanError):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .augment import diff_augment
 from .checkpoint import (CheckpointError, export_generator, load_module_state, load_training_state,
                          save_training_state)
-from .config import ConfigError, TrainConfig
+from .config import LOG_EVERY_STEPS, ConfigError, TrainConfig
 from .data import ImageSet, to_model_range
 from .models import ExponentialMovingAverage, build_discriminator, build_generator, init_dcgan_weights
 from .sample import grid_image, noise_for_seeds, save_png
@@ -323,7 +323,7 @@ class Trainer:
 
 def train(config: TrainConfig, data: ImageSet, out_dir: Path, *, device: str | torch.device = "auto",
           resume_from: Path | None = None, callbacks: Callbacks | None = None,
-          progress_every: int = 10) -> TrainResult:
+          progress_every: int = LOG_EVERY_STEPS) -> TrainResult:
     """Train (or continue) a run in out_dir. With resume_from, config.steps/epochs set the new total."""
     callbacks = callbacks or Callbacks()
     if resume_from is not None:
@@ -340,7 +340,7 @@ def train(config: TrainConfig, data: ImageSet, out_dir: Path, *, device: str | t
     return run(trainer, callbacks, progress_every)
 
 
-def run(trainer: Trainer, callbacks: Callbacks, progress_every: int = 10) -> TrainResult:
+def run(trainer: Trainer, callbacks: Callbacks, progress_every: int = LOG_EVERY_STEPS) -> TrainResult:
     config = trainer.config
     total = trainer.total_steps
     if trainer.step > total:

@@ -349,3 +349,69 @@ def test_jobs_are_scoped_to_their_tenant(session, tenant_id):
     assert jobs.get_job(session, tenant_id, mine).id == mine
     assert jobs.get_job(session, tenant_id, theirs) is None
     assert _job_ids(jobs.list_jobs(session, other.id)[0]) == [theirs]
+
+
+# ----- the metrics history and the event stream (issue 9) -----
+
+def point(step: int, loss: float = 1.0) -> tuple[int, dict]:
+    return step, {"loss_d": loss, "loss_g": loss, "d_real": 0.5, "d_fake": 0.5, "images_per_second": 10.0}
+
+
+def steps_and_losses(session, job_id) -> list[tuple[int, float]]:
+    session.expire_all()
+    return [(row.step, row.values["loss_d"]) for row in jobs.metric_points(session, job_id)]
+
+
+def test_progress_keeps_each_logged_step_once_and_a_resume_rewrites_the_steps_it_repeats(session, tenant_id):
+    job_id, attempt = claimed_job(session, tenant_id)
+    assert jobs.record_progress(session, job_id, attempt, {"step": 20}, [point(10), point(20)])
+    assert jobs.record_progress(session, job_id, attempt, {"step": 30}, [point(30)])
+    session.commit()
+    assert steps_and_losses(session, job_id) == [(10, 1.0), (20, 1.0), (30, 1.0)]
+    # The attempt resumes from a checkpoint at step 20: step 30 belonged to the lost run, 20 is logged again.
+    assert jobs.discard_metrics_after(session, job_id, attempt, 20)
+    assert jobs.record_progress(session, job_id, attempt, {"step": 20}, [point(20, 2.0)])
+    session.commit()
+    assert steps_and_losses(session, job_id) == [(10, 1.0), (20, 2.0)]
+
+
+def test_a_fenced_out_attempt_writes_no_metrics_and_no_events(session, tenant_id):
+    job_id, attempt = claimed_job(session, tenant_id)
+    before = [e.id for e in jobs.events_after(session, job_id, 0)]
+    assert not jobs.record_progress(session, job_id, attempt + 1, {"step": 10}, [point(10)])
+    assert not jobs.discard_metrics_after(session, job_id, attempt + 1, 0)
+    assert not jobs.set_checkpoint(session, job_id, attempt + 1, "k", 10)
+    session.commit()
+    assert steps_and_losses(session, job_id) == []
+    assert [e.id for e in jobs.events_after(session, job_id, 0)] == before
+
+
+def test_the_stream_has_every_event_in_order_and_the_timeline_only_changes_and_notes(session, tenant_id):
+    job_id, attempt = claimed_job(session, tenant_id)
+    jobs.record_progress(session, job_id, attempt, {"step": 10}, [point(10)])
+    jobs.record_event(session, job_id, attempt, "sample", {"step": 10})
+    jobs.set_checkpoint(session, job_id, attempt, "jobs/x/checkpoints/step-0000010.pt", 10)
+    jobs.record_event(session, job_id, attempt, "log", {"message": "hello"})
+    jobs.finish_job(session, job_id, attempt, "failed", "data_error", "no images", now=T0)
+    session.commit()
+    stream = jobs.events_after(session, job_id, 0)
+    assert [e.kind for e in stream] == ["queued", "claimed", "progress", "sample", "checkpoint", "log", "failed",
+                                        "completed"]
+    assert [e.id for e in stream] == sorted(e.id for e in stream)
+    assert stream[-1].detail == {"status": "failed"}
+    assert kinds(session, job_id) == ["queued", "claimed", "log", "failed"]
+    middle = stream[3].id
+    assert [e.kind for e in jobs.events_after(session, job_id, middle)] == ["checkpoint", "log", "failed",
+                                                                          "completed"]
+    assert [e.kind for e in jobs.events_after(session, job_id, 0, limit=2)] == ["queued", "claimed"]
+
+
+def test_every_way_of_finishing_ends_the_stream_with_completed(session, tenant_id):
+    queued = new_job(session, tenant_id)
+    jobs.request_cancel(session, queued, now=T0)
+    lost, attempt = claimed_job(session, tenant_id, max_attempts=1)
+    jobs.requeue_expired(session, now=T0 + timedelta(seconds=LEASE + 1))
+    session.commit()
+    for job_id, status in ((queued, "cancelled"), (lost, "failed")):
+        last = jobs.events_after(session, job_id, 0)[-1]
+        assert (last.kind, last.detail) == ("completed", {"status": status})

@@ -32,7 +32,8 @@ def test_two_api_processes_share_one_port_and_stop_together(tmp_path):
                               cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         announced = server.stdout.readline()
-        assert f"API on http://127.0.0.1:{port} (2 processes x 8 threads)" in announced, announced
+        assert f"API on http://127.0.0.1:{port} (2 processes x 8 threads + 64 for event streams)" in announced, \
+            announced
         workers = children_of(server.pid)
         assert len(workers) == 2
         for _ in range(20):  # a new connection each time: the kernel hands them to either process

@@ -20,6 +20,7 @@ import pytest
 
 from core import jobs
 from core.db import Job
+from core.gan.config import LOG_EVERY_STEPS
 from core.storage import job_prefix
 from tests.services import free_port
 from tests.worker.conftest import start_worker, stop_worker
@@ -176,6 +177,13 @@ def test_kill_9_of_the_whole_worker_resumes_the_same_job_from_its_last_checkpoin
     assert len(resumed) == 1 and resumed[0] >= checkpoint_at_kill > 0  # not from step 0
     assert [kind for kind, *_ in events_of(session_factory, job_id)].count("succeeded") == 1
     assert_one_consistent_set_of_artifacts(session_factory, store, job_id)
+    # The metrics history survived the kill: each logged step at most once, no gap wider than the logging
+    # interval, up to the last step; the steps the killed attempt logged past its checkpoint were replaced
+    # by the resumed run's.
+    with session_factory() as session:
+        steps = [point.step for point in jobs.metric_points(session, job_id)]
+    assert len(steps) == len(set(steps)) and steps[0] <= LOG_EVERY_STEPS and steps[-1] == 300, steps
+    assert max(b - a for a, b in zip(steps, steps[1:])) <= LOG_EVERY_STEPS, steps
 
 
 def test_the_same_message_delivered_twice_to_racing_workers_trains_once(workers, celery_client, session_factory,

@@ -95,6 +95,19 @@ def test_train_job_succeeds_with_its_artifacts_stored_and_recorded(worker, train
     assert Image.open(io.BytesIO(store.get_bytes(grid_key(tenant_id, trained_job)))).size == (2 + 8 * 34, 2 + 2 * 34)
 
 
+def test_train_job_keeps_its_metrics_history_and_streams_samples_and_checkpoints(trained_job, session_factory):
+    with session_factory() as session:
+        points = jobs.metric_points(session, trained_job)
+        stream = [(e.kind, e.detail) for e in jobs.events_after(session, trained_job, 0)]
+    assert [p.step for p in points] == [10, 20]  # one per logged step (every 10), each once
+    assert set(points[0].values) == {"loss_d", "loss_g", "d_real", "d_fake", "images_per_second"}
+    assert [d["step"] for kind, d in stream if kind == "sample"] == [5, 10, 15, 20]
+    assert [d["step"] for kind, d in stream if kind == "checkpoint"] == [10, 20]
+    progress = [d["step"] for kind, d in stream if kind == "progress"]
+    assert progress and progress[-1] == 20 and progress == sorted(progress)
+    assert [kind for kind, _ in stream][-2:] == ["succeeded", "completed"]
+
+
 def test_second_delivery_of_a_job_does_nothing(worker, trained_job, session_factory):
     job = wait_finished(session_factory, trained_job)
     _, events = artifacts_and_events(session_factory, trained_job)
