@@ -3,7 +3,8 @@
 # machine lacks it and we may install (root): headless Chromium and the chromedriver of the same version.
 # Elsewhere those tests skip with a message saying what is missing.
 set -u
-if { [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/chromium ]; } && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+missing() { [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/chromium ]; }
+if missing && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "installing Debian's chromium and chromium-driver for the browser tests"
   (apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 ||
    (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1)) ||

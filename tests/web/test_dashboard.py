@@ -276,7 +276,8 @@ def test_a_refused_submission_shows_each_error_beside_its_field(api_app):
     # Text that is not a number goes to the API as it is, and its message comes back.
     response = client.post("/jobs/new", data=_form(client, z_dim="many"))
     assert response.status_code == 422
-    assert re.search(r'data-error-for="config.z_dim">expected int, got &#39;many&#39;<', response.get_data(as_text=True))
+    page = response.get_data(as_text=True)
+    assert re.search(r'data-error-for="config.z_dim">expected int, got &#39;many&#39;<', page)
     assert client.get("/v1/jobs").json["jobs"] == []
 
 

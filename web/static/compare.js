@@ -50,7 +50,8 @@
     steps = Array.from(new Set(Object.values(samplesOf).flat().map((s) => s.step))).sort((a, b) => a - b);
     if (steps.length) {
       // First the furthest step every job has reached: there the grids really are at the same step.
-      const common = Math.min(...Object.values(samplesOf).map((list) => (list.length ? list[list.length - 1].step : 0)));
+      const lastSteps = Object.values(samplesOf).map((list) => (list.length ? list[list.length - 1].step : 0));
+      const common = Math.min(...lastSteps);
       const step = chosen !== undefined ? chosen : (steps.filter((s) => s <= common).pop() ?? steps[0]);
       slider.max = steps.length - 1;
       slider.value = Math.max(0, steps.indexOf(step));

@@ -97,7 +97,8 @@
     const list = document.querySelector('[data-events]');
     list.replaceChildren(...answer.events.map((event) => {
       const item = element('li', {}, element('time', {text: when(event.at)}), ' ',
-        element('strong', {text: event.kind}), ' ', element('span', {class: 'muted', text: 'attempt ' + event.attempt}));
+        element('strong', {text: event.kind}), ' ',
+        element('span', {class: 'muted', text: 'attempt ' + event.attempt}));
       if (event.detail && Object.keys(event.detail).length) {
         item.append(' ', element('code', {text: JSON.stringify(event.detail)}));
       }

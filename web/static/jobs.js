@@ -32,7 +32,8 @@
   function newRow(job) {
     const pick = job.type === 'train'
       ? element('input', {type: 'checkbox', name: 'job', value: job.id, 'data-compare-pick': true}) : '';
-    const link = element('a', {href: '/jobs/' + job.id, 'data-field': 'link'}, element('code', {text: shortId(job.id)}));
+    const link = element('a', {href: '/jobs/' + job.id, 'data-field': 'link'},
+                         element('code', {text: shortId(job.id)}));
     const progress = element('div', {class: 'progress', 'data-field': 'progress'},
       element('progress', {'data-field': 'bar'}), ' ', element('span', {'data-field': 'steps'}), ' ',
       element('span', {'data-field': 'eta'}));

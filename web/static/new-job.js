@@ -102,7 +102,8 @@
       if (nameInput.value.trim()) form.append('name', nameInput.value.trim());
       say('Uploading…');
       const dataset = await api('/v1/datasets', {method: 'POST', body: form});
-      uploads.append(element('option', {value: dataset.id, text: dataset.name + ' (' + dataset.num_images + ' images)'}));
+      const label = dataset.name + ' (' + dataset.num_images + ' images)';
+      uploads.append(element('option', {value: dataset.id, text: label}));
       picker.value = dataset.id;
       say('Uploaded “' + dataset.name + '”: ' + dataset.num_images + ' image' + (dataset.num_images === 1 ? '' : 's')
           + ' kept, ' + dataset.num_rejected + ' rejected. It is selected as this job\'s dataset.');
