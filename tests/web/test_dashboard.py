@@ -359,3 +359,17 @@ def test_an_upload_through_the_cookie_shows_in_its_tenants_lists_only(api_app):
         assert dataset_id in owner.get(path).get_data(as_text=True), path
         assert dataset_id not in stranger.get(path).get_data(as_text=True), path
     assert "No uploaded generators" in owner.get("/generators").get_data(as_text=True)
+
+
+def test_with_s3_storage_the_policy_lets_grids_come_from_the_store():
+    """The API answers a grid with a 302 to a presigned URL on S3; the page's <img> must be allowed to follow."""
+    from core.settings import Settings
+    from web.pages import _content_security_policy
+
+    local = _content_security_policy(Settings().with_defaults())
+    assert "img-src 'self' blob: data:;" in local
+    minio = Settings(storage_url="s3://bucket/prefix", s3_endpoint_url="http://minio:9000",
+                     s3_public_endpoint_url="http://localhost:9000/").with_defaults()
+    assert "img-src 'self' blob: data: http://localhost:9000;" in _content_security_policy(minio)
+    aws = Settings(storage_url="s3://bucket/prefix").with_defaults()
+    assert "https://*.amazonaws.com" in _content_security_policy(aws)
