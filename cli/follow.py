@@ -215,14 +215,25 @@ class Follower:
             self.bar = self.tqdm(total=total, initial=step, postfix=", ".join(postfix), desc=f"job {self.job_id[:8]} ",
                                  unit="step", leave=True, file=self.err if terminal else _Lines(self.err),
                                  dynamic_ncols=terminal, ascii=not terminal, bar_format=BAR_FORMAT if total else None,
-                                 mininterval=TERMINAL_REFRESH_SECONDS if terminal else LOG_REFRESH_SECONDS)
+                                 mininterval=TERMINAL_REFRESH_SECONDS if terminal else LOG_REFRESH_SECONDS,
+                                 delay=3600)  # drawn below, once its clock is the job's
+            self._clock(progress)
+            self.bar.delay = 0
+            self.bar.refresh()
             return
         self.bar.set_postfix_str(", ".join(postfix), refresh=False)
+        self._clock(progress)
         if step >= self.bar.n:
             self.bar.update(step - self.bar.n)
         else:  # a new attempt resumed from an earlier checkpoint
             self.bar.n = step
             self.bar.refresh()
+
+    def _clock(self, progress: dict[str, Any]) -> None:
+        # The bar's elapsed time is the job's, not this command's: right for a job followed half-way, and
+        # for the replay of a finished one.
+        if isinstance(progress.get("elapsed_seconds"), (int, float)):
+            self.bar.start_t = time.time() - progress["elapsed_seconds"]
 
     def _completed(self, data: dict[str, Any]) -> int:
         status = data.get("status")

@@ -55,7 +55,7 @@ def test_a_job_that_succeeds_draws_its_bar_prints_its_samples_and_exits_0(api, c
                                  f"sample at step 200: {fake.url}/v1/jobs/{JOB_ID}/samples/200"]
     assert steps_drawn(err) >= {50, 100, 150, 200}
     final = [line for line in err.splitlines() if "200/200" in line][-1]
-    assert "512 img/s" in final and "loss_d=1.250" in final and "loss_g=0.750" in final and "eta 00:00" in final
+    assert "[00:20, 512 img/s" in final and "loss_d=1.250" in final and "loss_g=0.750" in final and "eta 00:00" in final
     assert "\r" not in err  # stderr is no terminal here: one line per redraw
     assert "started (attempt 1): step 0" in err and "checkpoint at step 200" in err
     assert err.rstrip().endswith(f"job {JOB_ID} succeeded")
