@@ -23,8 +23,14 @@ an API key for tenant `load-test`, and the per-key rate limit and queued-job cap
 measures the API, not its limits. No worker runs: the jobs stay queued. --processes N / --threads T are
 passed to `dcgan api`. With --url and --key it loads an API that is already running (its limits apply).
 
+With --streams N (issue 9) a third phase follows: polls at the same rate, alternately without and with N
+open event streams (GET /v1/jobs/<id>/stream, one job each; bench/load_streams.py, whose stand-in worker
+records those jobs' progress every second so the streams carry events), A B A B, and the poll p99 with
+streams must be within 1.5x of the p99 without them.
+
 Run from the repo root:
   .venv/bin/python bench/load_test.py                  # about a minute, `dcgan api --processes 2`
+  .venv/bin/python bench/load_test.py --streams 50     # and the polls beside 50 open event streams
   .venv/bin/python bench/load_test.py --processes 1    # one API process
   .venv/bin/python bench/load_test.py --url http://127.0.0.1:8000 --key "$(cat var/api-key)"
 """
@@ -191,6 +197,15 @@ class Phase:
         if not ok:
             self.errors.append(detail or outcome)
 
+    def merge(self, other: "Phase") -> None:
+        self.latencies_ms += other.latencies_ms
+        self.errors += other.errors
+        for outcome, count in other.statuses.items():
+            self.statuses[outcome] = self.statuses.get(outcome, 0) + count
+
+    def p99(self) -> float:
+        return percentile(sorted(self.latencies_ms), 99)
+
     def summary(self) -> str:
         ordered = sorted(self.latencies_ms)
         p50, p95, p99 = (percentile(ordered, p) for p in (50, 95, 99))
@@ -294,6 +309,45 @@ async def poll_jobs(client: Client, job_ids: list[str], rate: float, seconds: fl
              "late_sends": sum(lag > 0.05 for lag in lags),
              "client_cpu_percent": 100 * (time.process_time() - cpu_before) / finished_seconds}
     return phase, stats
+
+
+STREAM_ROUNDS = 2  # A B A B: the machine's noise lands on both sides
+STREAMS_P99_FACTOR = 1.5
+
+
+async def poll_beside_streams(client: Client, url: str, key: str | None, stack: "Stack | None",
+                              job_ids: list[str], args: argparse.Namespace) -> list[str]:
+    """Phase 3: the poll load without and with `args.streams` open event streams; returns what failed."""
+    from contextlib import nullcontext
+
+    from bench.load_streams import ProgressWriter, Streams
+
+    streamed = job_ids[:args.streams]
+    without = Phase("phase 3, poll without streams")
+    beside = Phase(f"phase 3, poll with {len(streamed)} open streams")
+    streams = Streams(url, key, streamed)
+    # Only the script's own stack lets it play the worker; against --url the streams stay quiet.
+    with ProgressWriter(stack.database_url, streamed) if stack is not None else nullcontext():
+        for _ in range(STREAM_ROUNDS):
+            polled, _stats = await poll_jobs(client, job_ids, args.rate, args.seconds / STREAM_ROUNDS)
+            without.merge(polled)
+            await streams.open()
+            polled, _stats = await poll_jobs(client, job_ids, args.rate, args.seconds / STREAM_ROUNDS)
+            beside.merge(polled)
+            await streams.close()
+    ratio = beside.p99() / max(without.p99(), 1e-9)
+    print(without.summary())
+    print(beside.summary())
+    print(streams.stats.summary())
+    print(f"poll p99 with {len(streamed)} open streams / without: {ratio:.2f} (goal: at most {STREAMS_P99_FACTOR})")
+    failed = [f"{len(without.errors) + len(beside.errors)} poll errors"] if without.errors or beside.errors else []
+    if streams.stats.errors or streams.stats.statuses != {200: len(streamed) * STREAM_ROUNDS}:
+        failed.append(f"streams: {streams.stats.statuses}, {streams.stats.errors[:3]}")
+    if stack is not None and streams.stats.events.get("progress", 0) < len(streamed):
+        failed.append("the streams carried almost no progress events")
+    if ratio > STREAMS_P99_FACTOR:
+        failed.append(f"poll p99 {ratio:.2f}x with streams")
+    return failed
 
 
 # ------------------------------------------------------------------------------------------- own stack
@@ -523,6 +577,8 @@ async def run_phases(args: argparse.Namespace, url: str, key: str | None, stack:
               f"{stats['worst_send_at']:.1f} s, {stats['late_sends']} sent over 50 ms late), "
               f"answered {stats['answered_per_second']:.1f}/s; client CPU {stats['client_cpu_percent']:.0f}% "
               f"of one core{server_cpu}; load average {os.getloadavg()[0]:.2f} after")
+        if args.streams:
+            verdict += await poll_beside_streams(client, url, key, stack, sorted(set(ids.values())), args)
     finally:
         client.close()
 
@@ -555,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of Idempotency-Keys sent twice (default 0.1)")
     parser.add_argument("--rate", type=float, default=200, help="status polls per second (default 200)")
     parser.add_argument("--seconds", type=float, default=30, help="how long to poll (default 30)")
+    parser.add_argument("--streams", type=int, default=0,
+                        help="then poll again beside this many open event streams (issue 9: 50)")
     parser.add_argument("--connections", type=int, default=64,
                         help="most keep-alive connections the client opens (default 64)")
     parser.add_argument("--processes", type=int, default=2,

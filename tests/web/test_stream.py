@@ -185,3 +185,30 @@ def test_the_openapi_document_lists_the_new_routes(api):
         assert "get" in paths[path], path
     parameters = {p["name"] for p in paths["/v1/jobs/{job_id}/metrics"]["get"]["parameters"]}
     assert "max_points" in parameters
+
+
+def test_two_streams_of_one_job_joining_at_different_points_each_get_exactly_their_events(api_app):
+    """One hub thread reads for both (web.stream.StreamHub): the later one, which asks from an earlier id,
+    is caught up without the first one seeing anything twice."""
+    client = authorized_client(api_app)
+    job_id, parsed = run_job(api_app, client, steps=20, finish=None)
+    everything = []
+    first = iter(client.get(f"/v1/jobs/{job_id}/stream").response)
+    while not everything or everything[-1]["event"] != "checkpoint":
+        everything += parse(next(first).decode())
+    second = iter(client.get(f"/v1/jobs/{job_id}/stream", headers={"Last-Event-ID": str(everything[1]["id"])})
+                  .response)
+    seen_by_second = []
+    while not seen_by_second or seen_by_second[-1]["event"] != "checkpoint":
+        seen_by_second += parse(next(second).decode())
+    assert seen_by_second == everything[2:]
+    with api_app.extensions["dcgan"]["sessions"]() as session:
+        attempt = session.get(jobs.Job, parsed).attempt
+        jobs.finish_job(session, parsed, attempt, "cancelled")
+        session.commit()
+    for chunks, seen in ((first, everything), (second, seen_by_second)):
+        while seen[-1]["event"] != "completed":
+            seen += parse(next(chunks).decode())
+    assert seen_by_second == everything[2:]
+    assert [e["event"] for e in everything[-2:]] == ["status", "completed"]
+    assert len({e["id"] for e in everything}) == len(everything)
