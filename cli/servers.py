@@ -272,4 +272,6 @@ Submit a first training job:
        -d '{{"dataset": "builtin:digits", "config": {{"img_size": 32, "img_channels": 1, "steps": 300}}}}'
 Then poll it:   curl -s -H "Authorization: Bearer $KEY" {base}/v1/jobs/<id>
 and fetch its grid:  curl -s -H "Authorization: Bearer $KEY" -o grid.png {base}/v1/jobs/<id>/grid
+Or follow it in a terminal:  DCGAN_DATA_DIR={data_dir} {Path(sys.executable).parent / 'dcgan'} jobs follow <id>
+Watch your jobs in the browser: {base}/ (sign in with the API key)
 """, flush=True)
