@@ -6,7 +6,8 @@ the API sends. Without a worker the jobs would stay queued and their streams sil
 `write_progress` (run in a process of its own, so its work does not slow the measuring client) plays the
 worker for those N jobs on the stack's own database: it claims each one and records its progress once a
 second through core.jobs, exactly the writes a training worker makes (one progress document, its event and
-its logged step per job and second). The streams therefore deliver about N events per second in all.
+its logged step per job and second), spread over the second as independent workers' writes are. The streams
+therefore deliver about N events per second in all.
 """
 
 from __future__ import annotations
@@ -99,15 +100,19 @@ def write_progress(database_url: str, job_ids: list[str], stop, seconds: float =
             if attempt is not None:
                 attempts[job_id] = attempt
         session.commit()
+    # Independent workers do not write in step: each job's write comes at its own moment of the second.
+    pause = seconds / max(len(attempts), 1)
+    values = {"loss_d": 1.0, "loss_g": 1.0, "d_real": 0.5, "d_fake": 0.5, "images_per_second": 100.0}
     step = 0
-    while not stop.wait(seconds):
-        step += 10
-        with sessions() as session:
+    with sessions() as session:
+        while not stop.is_set():
+            step += 10
             for job_id, attempt in attempts.items():
-                values = {"loss_d": 1.0, "loss_g": 1.0, "d_real": 0.5, "d_fake": 0.5, "images_per_second": 100.0}
                 jobs.record_progress(session, job_id, attempt, {"step": step, "total_steps": 10**6, **values},
                                      [(step, values)])
                 session.commit()
+                if stop.wait(pause):
+                    break
     engine.dispose()
 
 

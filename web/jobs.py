@@ -52,9 +52,11 @@ def job_json(job: Job) -> dict[str, Any]:
         "error": {"type": job.error_type, "detail": job.error_detail} if job.error_type else None,
         "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at), "updated_at": _iso(job.updated_at),
-        "links": {**{name: url_for(f"jobs.{name}", job_id=str(job.id)) for name in ("get", "events", "cancel")},
+        "links": {**{name: url_for(f"jobs.{name}", job_id=str(job.id))
+                     for name in ("get", "events", "cancel", "metrics")},
                   **{name: url_for(f"artifacts.{name}", job_id=str(job.id))
-                     for name in ("grid", "generator")},
+                     for name in ("grid", "generator", "samples")},
+                  "stream": url_for("stream.stream", job_id=str(job.id)),
                   "artifacts": url_for("artifacts.list_", job_id=str(job.id))},
     }
 

@@ -6,9 +6,11 @@ not from a pub/sub that forgets what it sent while nobody listened. Rows of one 
 order (core.jobs keeps that invariant), so reading "id > last" never skips a row committed late.
 
 One thread per API process, the hub (`StreamHub`), reads the new rows of every job that has an open stream
-in one query each POLL_SECONDS and hands each stream its job's rows; a stream only waits on its queue. The
-first version had each stream query for itself twice a second, and with 50 open streams the poll p99 rose
-3.3x (bench/load_test.py --streams 50, 2026-12-01); one query for all of them is what keeps polls fast.
+in one query each POLL_SECONDS (a quarter second) and hands each stream its job's rows; a stream only waits
+on its queue. The first version had each stream query for itself twice a second; with 50 open streams it
+raised the poll p99 (bench/load_test.py --streams 50; the README's "Watching a job" has the figures), and
+the hub does the same work in one query. Its reads are plain rows, at most READ_BATCH at once, because 50
+streams opened together replay thousands of events, and one long read holds the GIL the polls need.
 A stream sends a comment line after KEEPALIVE_SECONDS of silence so proxies keep the connection, and ends
 after `completed`, or after MAX_STREAM_SECONDS without it: clients reconnect with Last-Event-ID (EventSource
 does so by itself), which bounds how long one connection holds its thread.
@@ -41,7 +43,8 @@ from .resources import db
 
 bp = Blueprint("stream", __name__, url_prefix="/v1/jobs")
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.25
+READ_BATCH = 500  # events the hub reads at once; more wait for its next read
 KEEPALIVE_SECONDS = 15.0
 MAX_STREAM_SECONDS = 600.0
 RECONNECT_MILLISECONDS = 2000  # what EventSource waits before reconnecting after the stream ends
@@ -128,12 +131,15 @@ class StreamHub:
             raise
 
     def _read(self, cursors: dict[uuid.UUID, int]) -> dict[uuid.UUID, list[tuple[int, str, str]]]:
-        """The events after each job's cursor, as SSE messages, oldest first."""
+        """The events after each job's cursor, as SSE messages, oldest first: at most READ_BATCH of them, so
+        the replay for many new streams is spread over several reads instead of holding the process's GIL
+        (and its polls) for one long one. Plain rows, not ORM objects: a replay is thousands of them."""
         found: dict[uuid.UUID, list[tuple[int, str, str]]] = {}
+        columns = (JobEvent.id, JobEvent.job_id, JobEvent.kind, JobEvent.attempt, JobEvent.at, JobEvent.detail)
         with self._sessions() as session:
-            rows = session.scalars(select(JobEvent).where(or_(*(and_(JobEvent.job_id == job_id, JobEvent.id > after)
-                                                               for job_id, after in cursors.items())))
-                                   .order_by(JobEvent.id)).all()
+            rows = session.execute(select(*columns).where(or_(*(and_(JobEvent.job_id == job_id, JobEvent.id > after)
+                                                                 for job_id, after in cursors.items())))
+                                   .order_by(JobEvent.id).limit(READ_BATCH)).all()
             for row in rows:
                 error = _error(session, row.job_id) if row.kind == "completed" else None
                 text = message(row, f"{bp.url_prefix}/{row.job_id}", error)
@@ -213,8 +219,9 @@ def _error(session, job_id) -> dict[str, Any] | None:
     return {"type": job.error_type, "detail": job.error_detail} if job is not None and job.error_type else None
 
 
-def message(event: JobEvent, job_path: str, error: dict[str, Any] | None = None) -> str:
-    """One event in the text/event-stream format: its id, its type, its data as one line of JSON."""
+def message(event, job_path: str, error: dict[str, Any] | None = None) -> str:
+    """One event (a JobEvent, or a row of its columns) in the text/event-stream format: its id, its type,
+    its data as one line of JSON."""
     kind, detail = event.kind, event.detail or {}
     if kind == "progress":
         name, data = "progress", detail

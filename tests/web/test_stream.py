@@ -80,7 +80,11 @@ def test_max_points_spreads_evenly_and_keeps_the_first_and_the_last(api_app):
 
 
 def test_a_job_without_history_has_no_points(api):
-    job_id = api.post("/v1/jobs/train", json=TRAIN).json["id"]
+    job = api.post("/v1/jobs/train", json=TRAIN).json
+    job_id = job["id"]
+    assert {name: job["links"][name] for name in ("metrics", "samples", "stream")} == {
+        "metrics": f"/v1/jobs/{job_id}/metrics", "samples": f"/v1/jobs/{job_id}/samples",
+        "stream": f"/v1/jobs/{job_id}/stream"}
     assert api.get(f"/v1/jobs/{job_id}/metrics").json["points"] == []
     assert api.get(f"/v1/jobs/{job_id}/samples").json == {"samples": []}
 
@@ -212,3 +216,15 @@ def test_two_streams_of_one_job_joining_at_different_points_each_get_exactly_the
     assert seen_by_second == everything[2:]
     assert [e["event"] for e in everything[-2:]] == ["status", "completed"]
     assert len({e["id"] for e in everything}) == len(everything)
+
+
+def test_a_replay_longer_than_one_hub_read_arrives_whole(api_app, monkeypatch):
+    import web.stream
+
+    client = authorized_client(api_app)
+    job_id, _ = run_job(api_app, client, steps=100)
+    expected = parse(client.get(f"/v1/jobs/{job_id}/stream").get_data(as_text=True))
+    monkeypatch.setattr(web.stream, "READ_BATCH", 3)
+    monkeypatch.setattr(web.stream, "POLL_SECONDS", 0.01)
+    assert parse(client.get(f"/v1/jobs/{job_id}/stream").get_data(as_text=True)) == expected
+    assert len(expected) > 15
