@@ -113,13 +113,7 @@ class FakeApi:
         if handler.command == "GET" and handler.path == f"/v1/jobs/{JOB_ID}/stream":
             return self._stream(handler)
         route = self.routes.get(f"{handler.command} {handler.path}")
-        answer = route(handler) if route else problem(404, "not-found", f"no route {handler.path}")
-        handler.send_response(answer.status)
-        for name, value in answer.headers.items():
-            handler.send_header(name, value)
-        handler.send_header("Content-Length", str(len(answer.body)))
-        handler.end_headers()
-        handler.wfile.write(answer.body)
+        send(handler, route(handler) if route else problem(404, "not-found", f"no route {handler.path}"))
 
     def _stream(self, handler: BaseHTTPRequestHandler) -> None:
         connection = self.stream_connections
@@ -153,3 +147,14 @@ def wait_until(condition: Callable[[], bool], seconds: float = 20) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def send(handler: BaseHTTPRequestHandler, answer: "Answer") -> None:
+    """Write `answer` as the whole response to the request `handler` is serving."""
+    handler.send_response(answer.status)
+    for name, value in answer.headers.items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(answer.body)))
+    handler.end_headers()
+    handler.wfile.write(answer.body)
+

@@ -21,18 +21,8 @@ FILES = {"grid.png": b"\x89PNG grid", "generator.safetensors": b"weights",
 
 
 @pytest.fixture
-def api(monkeypatch):
-    apis = []
-
-    def make() -> FakeApi:
-        apis.append(FakeApi())
-        for name, value in apis[-1].env().items():
-            monkeypatch.setenv(name, value)
-        return apis[-1]
-
-    yield make
-    for fake in apis:
-        fake.close()
+def api(fake_apis):
+    return fake_apis
 
 
 def serve_job(fake: FakeApi, files: dict[str, bytes], names: dict[str, str] | None = None,

@@ -17,26 +17,16 @@ import pytest
 from cli import follow as follow_module
 from cli.follow import EventParser
 from cli.main import main
-from tests.cli.fake_api import JOB_ID, KEY, FakeApi, json_answer, problem, timeline, wait_until
+from tests.cli.fake_api import JOB_ID, KEY, FakeApi, json_answer, problem, send, timeline, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def api(monkeypatch):
-    apis = []
+def api(monkeypatch, fake_apis):
     monkeypatch.setattr(follow_module, "CONNECT_WAIT_SECONDS", 0.01)
     monkeypatch.setattr(follow_module, "LOG_REFRESH_SECONDS", 0)  # every redraw a line: the steps are visible
-
-    def make(*args, **kwargs) -> FakeApi:
-        apis.append(FakeApi(*args, **kwargs))
-        for name, value in apis[-1].env().items():
-            monkeypatch.setenv(name, value)
-        return apis[-1]
-
-    yield make
-    for fake in apis:
-        fake.close()
+    return fake_apis
 
 
 def sample_lines(out: str) -> list[str]:
@@ -121,7 +111,7 @@ def test_a_busy_api_is_asked_again_after_its_retry_after(api, capsys):
 ])
 def test_an_error_answer_is_one_line_and_exit_2(api, capsys, answer, line):
     fake = api()
-    fake._stream = lambda handler: _answer(handler, answer)
+    fake._stream = lambda handler: send(handler, answer)
     assert main(["jobs", "follow", JOB_ID]) == 2
     assert capsys.readouterr().err == line + "\n"
     assert len(fake.requests) == 1  # an answer is not asked again
@@ -194,15 +184,6 @@ def test_the_parser_reads_the_event_stream_format():
     events = [event for event in map(parser.feed, lines) if event is not None]
     assert parser.retry_seconds == 2.5
     assert [(e.id, e.type, e.data) for e in events] == [(7, "log", {"message": "two lines"}), (None, "message", {})]
-
-
-def _answer(handler, answer) -> None:
-    handler.send_response(answer.status)
-    for name, value in answer.headers.items():
-        handler.send_header(name, value)
-    handler.send_header("Content-Length", str(len(answer.body)))
-    handler.end_headers()
-    handler.wfile.write(answer.body)
 
 
 def _png(body: bytes):
