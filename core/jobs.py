@@ -395,6 +395,11 @@ def list_events(session: Session, job_id: uuid.UUID) -> list[JobEvent]:
                                 .order_by(JobEvent.id)))
 
 
+def newest_event_id(session: Session, job_id: uuid.UUID) -> int:
+    """The id of the job's newest event of any kind (0 when it has none): where a stream opened now starts."""
+    return session.scalar(select(func.coalesce(func.max(JobEvent.id), 0)).where(JobEvent.job_id == job_id))
+
+
 def events_after(session: Session, job_id: uuid.UUID, after_id: int, limit: int = 500) -> list[JobEvent]:
     """Every event of the job with an id above `after_id`, oldest first, at most `limit`: what a stream
     that has delivered `after_id` sends next."""

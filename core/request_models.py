@@ -328,6 +328,18 @@ class MetricsQuery(RequestModel):
     messages = {"max_points": f"an integer from 2 to {MAX_METRIC_POINTS}"}
 
 
+class StreamQuery(RequestModel):
+    """GET /v1/jobs/<id>/stream: `last_event_id` does what the Last-Event-ID header does, for a client that
+    cannot send headers (a browser's EventSource on its first connection); the header wins when both come."""
+
+    model_config = ConfigDict(strict=False, extra="ignore")
+
+    last_event_id: Annotated[int, Field(ge=0, le=2**62, json_schema_extra=_without_default,
+                                        description="send only the events after this id")] = None
+
+    messages = {"last_event_id": "the id of an event of this job's stream (a whole number)"}
+
+
 # ----- uploads (multipart/form-data) -----
 
 def without_control_characters(text: str) -> str:

@@ -159,11 +159,13 @@ def cancel(job_id: str):
 
 
 @bp.get("/<job_id>/events")
-@operation("the job's timeline", {200: "events"})
+@operation("the job's timeline (state changes and notes); last_event_id: where its stream goes on from now",
+           {200: "events and last_event_id"})
 def events(job_id: str):
     job = job_or_404(job_id)
-    return {"events": [{"at": _iso(e.at), "kind": e.kind, "attempt": e.attempt, "detail": e.detail}
-                       for e in jobs.list_events(db(), job.id)]}
+    return {"events": [{"id": e.id, "at": _iso(e.at), "kind": e.kind, "attempt": e.attempt, "detail": e.detail}
+                       for e in jobs.list_events(db(), job.id)],
+            "last_event_id": jobs.newest_event_id(db(), job.id)}
 
 
 @bp.get("/<job_id>/metrics")

@@ -35,11 +35,13 @@ from sqlalchemy import and_, or_, select
 
 from core import jobs
 from core.db import FINISHED_STATUSES, Job, JobEvent
+from core.request_models import StreamQuery
 
 from .jobs import job_or_404
 from .openapi import operation
 from .problems import Problem
 from .resources import db
+from .validation import query_input, validated
 
 bp = Blueprint("stream", __name__, url_prefix="/v1/jobs")
 
@@ -150,7 +152,8 @@ class StreamHub:
 @bp.get("/<job_id>/stream")
 @operation("the job's events as Server-Sent Events (status, progress, sample, checkpoint, log, completed); "
            "send Last-Event-ID to get only the events after it",
-           {200: {"description": "text/event-stream", "content": {"text/event-stream": {}}}}, problems=(503,))
+           {200: {"description": "text/event-stream", "content": {"text/event-stream": {}}}}, query=StreamQuery,
+           problems=(503,))
 def stream(job_id: str):
     job = job_or_404(job_id)
     after = _last_event_id()
@@ -169,9 +172,11 @@ def stream(job_id: str):
 
 
 def _last_event_id() -> int:
+    """Last-Event-ID (a reconnecting client), else ?last_event_id= (a first connection that skips the
+    history it has already read, e.g. from /events' last_event_id), else 0: everything."""
     raw = request.headers.get("Last-Event-ID", "").strip()
     if not raw:
-        return 0
+        return validated(StreamQuery, query_input(request)).last_event_id or 0
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
         raise Problem(400, "Last-Event-ID: must be the id of an event this stream sent (a whole number)",
                       slug="bad-last-event-id", title="Bad Last-Event-ID")

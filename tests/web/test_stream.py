@@ -228,3 +228,20 @@ def test_a_replay_longer_than_one_hub_read_arrives_whole(api_app, monkeypatch):
     monkeypatch.setattr(web.stream, "POLL_SECONDS", 0.01)
     assert parse(client.get(f"/v1/jobs/{job_id}/stream").get_data(as_text=True)) == expected
     assert len(expected) > 15
+
+
+def test_last_event_id_may_come_in_the_query_for_a_first_connection_and_the_timeline_says_where_to_start(
+        api_app):
+    client = authorized_client(api_app)
+    job_id, _ = run_job(api_app, client, steps=100)
+    everything = parse(client.get(f"/v1/jobs/{job_id}/stream").get_data(as_text=True))
+    timeline = client.get(f"/v1/jobs/{job_id}/events").json
+    assert timeline["last_event_id"] == everything[-1]["id"]  # stream-only events count too
+    assert [e["id"] for e in timeline["events"]] == [e["id"] for e in everything if e["event"] == "status"]
+    middle = everything[5]["id"]
+    by_query = client.get(f"/v1/jobs/{job_id}/stream?last_event_id={middle}")
+    assert parse(by_query.get_data(as_text=True)) == everything[6:]
+    header_wins = client.get(f"/v1/jobs/{job_id}/stream?last_event_id=0", headers={"Last-Event-ID": str(middle)})
+    assert parse(header_wins.get_data(as_text=True)) == everything[6:]
+    bad = client.get(f"/v1/jobs/{job_id}/stream?last_event_id=-3")
+    assert bad.status_code == 422 and [e["field"] for e in bad.json["errors"]] == ["last_event_id"]

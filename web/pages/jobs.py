@@ -64,11 +64,13 @@ def job(job_id: str, generate_errors: dict[str, str] | None = None, generate_val
         status: int = 200):
     found = job_or_404(job_id)
     generate_schema = api.schema("GenerateJobRequest")["properties"]
+    answer = api.get(f"/v1/jobs/{job_id}/events")
+    timeline = answer.body if answer.ok and isinstance(answer.body, dict) else {}
     values = generate_values or {"seeds": DEFAULT_SEEDS, "nrow": str(DEFAULT_NROW),
                                  "truncation": str(generate_schema["truncation"].get("default", ""))}
     return render_template(
         "job.html", job=found, active=found["status"] in ACTIVE,
-        events=_listed(f"/v1/jobs/{job_id}/events", "events"),
+        events=timeline.get("events", []), last_event_id=timeline.get("last_event_id", 0),
         artifacts=_listed(f"/v1/jobs/{job_id}/artifacts", "artifacts"),
         samples=_listed(f"/v1/jobs/{job_id}/samples", "samples"),
         dataset_names=dataset_names(), parent=_parent(found),

@@ -160,7 +160,8 @@
 
   function follow() {
     if (!window.EventSource) { poll(); return; }
-    const source = new EventSource(base + '/stream');
+    // From the newest event when the page was made: the page already shows the history before it.
+    const source = new EventSource(base + '/stream?last_event_id=' + (header.dataset.lastEventId || '0'));
     const data = (event) => JSON.parse(event.data);
     source.addEventListener('progress', (event) => {
       fillJob(header, {status, progress: data(event)});
