@@ -32,9 +32,11 @@ from typing import Any, Iterator
 
 from flask import Blueprint, Flask, Response, current_app, request
 from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from core import jobs
 from core.db import FINISHED_STATUSES, Job, JobEvent
+from core.error_text import first_line
 from core.request_models import StreamQuery
 
 from .jobs import job_or_404
@@ -123,14 +125,23 @@ class StreamHub:
                         if self._cursors.get(job_id) == cursors[job_id]:
                             self._cursors[job_id] = rows[-1][0]
                 time.sleep(POLL_SECONDS)
+        except SQLAlchemyError as exc:  # the database is unreachable or restarting: an outage, not a bug
+            log.warning("the event stream hub could not read the database (%s); its streams end and their "
+                        "clients reconnect", first_line(exc))
+            self._end_all()
         except BaseException:
             log.exception("the event stream hub stopped; its streams end and their clients reconnect")
-            with self._lock:
-                self._thread = None
-                for streams in self._subscriptions.values():
-                    for subscription in streams:
-                        subscription.messages.put(None)
+            self._end_all()
             raise
+
+    def _end_all(self) -> None:
+        """Every open stream ends (its client reconnects with Last-Event-ID); the next stream starts a new
+        thread."""
+        with self._lock:
+            self._thread = None
+            for streams in self._subscriptions.values():
+                for subscription in streams:
+                    subscription.messages.put(None)
 
     def _read(self, cursors: dict[uuid.UUID, int]) -> dict[uuid.UUID, list[tuple[int, str, str]]]:
         """The events after each job's cursor, as SSE messages, oldest first: at most READ_BATCH of them, so

@@ -245,3 +245,27 @@ def test_last_event_id_may_come_in_the_query_for_a_first_connection_and_the_time
     assert parse(header_wins.get_data(as_text=True)) == everything[6:]
     bad = client.get(f"/v1/jobs/{job_id}/stream?last_event_id=-3")
     assert bad.status_code == 422 and [e["field"] for e in bad.json["errors"]] == ["last_event_id"]
+
+
+def test_when_the_hub_cannot_read_its_streams_end_so_their_clients_reconnect(api_app, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    client = authorized_client(api_app)
+    job_id, _ = run_job(api_app, client, steps=20, finish=None)
+    chunks = iter(client.get(f"/v1/jobs/{job_id}/stream").response)
+    seen = []
+    while not seen or seen[-1]["event"] != "checkpoint":
+        seen += parse(next(chunks).decode())
+    hub = api_app.extensions["dcgan"]["stream_hub"]
+
+    def unreachable(_cursors):
+        raise OperationalError("SELECT", {}, Exception("the database is gone"))
+
+    monkeypatch.setattr(hub, "_read", unreachable)
+    with pytest.raises(StopIteration):  # no `completed`: the stream just ends, and EventSource reconnects
+        while True:
+            assert parse(next(chunks).decode()) == []
+    monkeypatch.undo()
+    again = client.get(f"/v1/jobs/{job_id}/stream", headers={"Last-Event-ID": str(seen[-1]["id"])})
+    assert again.status_code == 200  # the hub starts again with the next stream
+    assert api_app.extensions["dcgan"]["stream_slots"].acquire(blocking=False)  # the ended stream gave its slot back
