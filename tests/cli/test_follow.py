@@ -156,7 +156,10 @@ def test_ctrl_c_stops_following_exits_130_and_leaves_the_job_running():
     fake = FakeApi(timeline("succeeded"), cuts=[(4, "hold")])
     try:
         env = {**os.environ, **fake.env()}
+        # A suite started in the background (CI, `make test &`) inherits SIGINT ignored, and Python then never
+        # raises KeyboardInterrupt; the follower must see Ctrl-C as a terminal's foreground process does.
         process = subprocess.Popen([sys.executable, "-m", "cli", "jobs", "follow", JOB_ID], cwd=ROOT, env=env,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             wait_until(lambda: fake.stream_connections == 1 and process.poll() is None)
