@@ -63,3 +63,13 @@ def test_image_ships_what_the_commands_need():
     dockerfile = (ROOT / "Dockerfile").read_text()
     for path in ("core", "web", "worker", "migrations", "alembic.ini"):
         assert f"COPY {path}" in dockerfile or path in dockerfile, path
+
+
+def test_the_api_keeps_its_session_secret_across_re_created_containers():
+    """web.session_auth keeps the dashboard's signing key in <data_dir>/secret-key: the API's data directory
+    (the image's WORKDIR /app with DCGAN_DATA_DIR's default, var) must be a named volume."""
+    compose = _compose()
+    assert "DCGAN_SECRET_KEY" in compose["services"]["api"]["environment"] or any(
+        mount.split(":")[1] == "/app/var" and mount.split(":")[0] in compose["volumes"]
+        for mount in compose["services"]["api"].get("volumes", []))
+    assert "WORKDIR /app" in (ROOT / "Dockerfile").read_text()
