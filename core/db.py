@@ -277,13 +277,18 @@ def ensure_tenant(session: Session, name: str) -> Tenant:
     Safe to call from several processes at once: the insert ignores a conflict with a concurrent one.
     The caller commits (core.auth checks the name first).
     """
+    session.execute(upsert_insert(session)(Tenant).values(id=uuid.uuid4(), name=name, created_at=utcnow())
+                    .on_conflict_do_nothing())
+    return session.scalars(select(Tenant).where(Tenant.name == name)).one()
+
+
+def upsert_insert(session: Session):
+    """The `insert` of the session's database that has `on_conflict_do_nothing` / `_do_update` (both
+    backends spell ON CONFLICT the same way, but SQLAlchemy's generic insert has neither)."""
     dialect = session.get_bind().dialect.name
     if dialect not in ("postgresql", "sqlite"):
         raise ValueError(f"unsupported database {dialect!r}: use PostgreSQL or SQLite")
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(Tenant).values(id=uuid.uuid4(), name=name, created_at=utcnow())
-                    .on_conflict_do_nothing())
-    return session.scalars(select(Tenant).where(Tenant.name == name)).one()
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 def engine_url(database_url: str) -> URL:

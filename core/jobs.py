@@ -23,11 +23,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, delete, func, literal, or_, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from core.db import (FINISHED_STATUSES, Artifact, Job, JobEvent, JobStatus, JobType, MetricPoint, UTCDateTime,
-                     utcnow)
+                     upsert_insert, utcnow)
 
 # Events a job's stream carries that are not part of its timeline (GET /v1/jobs/<id>/events): the progress
 # of every second, each sample grid and checkpoint, and the `completed` that ends the stream.
@@ -116,9 +115,8 @@ def record_progress(session: Session, job_id: uuid.UUID, attempt: int, progress:
     if not _fenced_update(session, job_id, attempt, progress=progress, updated_at=now):
         return False
     if points:
-        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
         rows = [{"job_id": job_id, "step": step, "values": values, "at": now} for step, values in points]
-        statement = insert(MetricPoint).values(rows)
+        statement = upsert_insert(session)(MetricPoint).values(rows)
         session.execute(statement.on_conflict_do_update(
             index_elements=[MetricPoint.job_id, MetricPoint.step],
             set_={"values": statement.excluded["values"], "at": statement.excluded.at}))
