@@ -318,6 +318,13 @@ def checkpoints_newest_first(session: Session, job_id: uuid.UUID) -> list[Artifa
                                 .order_by(Artifact.step.desc())))
 
 
+def samples_oldest_first(session: Session, job_id: uuid.UUID) -> list[Artifact]:
+    """The job's recorded sample grids (samples/step-*.png), in step order: its timeline of pictures."""
+    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id, Artifact.name.like("samples/%"),
+                                                       Artifact.step.is_not(None))
+                                .order_by(Artifact.step)))
+
+
 def due_for_publish(session: Session, republish_seconds: float, max_pause_seconds: float = 3600,
                     now: datetime | None = None, limit: int = 500) -> list[tuple[uuid.UUID, str]]:
     """Queued jobs whose task message should be sent (again): (id, type), oldest first.

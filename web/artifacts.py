@@ -66,10 +66,8 @@ def grid(job_id: str):
 @operation("the sample grids written so far: step and URL of each, in step order", {200: "samples"})
 def samples(job_id: str):
     job = job_or_404(job_id)
-    rows = db().scalars(select(Artifact).where(Artifact.job_id == job.id, Artifact.name.like("samples/%"),
-                                               Artifact.step.is_not(None)).order_by(Artifact.step))
     return {"samples": [{"step": row.step, "url": url_for("artifacts.sample", job_id=job_id, step=row.step)}
-                        for row in rows]}
+                        for row in jobs.samples_oldest_first(db(), job.id)]}
 
 
 @bp.get("/<job_id>/samples/<int:step>")
