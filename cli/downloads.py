@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
+
+from core.gan.atomic_files import atomic_write
 
 from cli.client import NO_ANSWER, ClientError, api_key, api_url, no_answer_line, problem_line, request, \
     retrying, same_origin
@@ -101,22 +101,20 @@ def fetch(url: str, target: Path, environ: Mapping[str, str], sha256: str | None
 
 
 def _write_atomically(answer: Any, target: Path, sha256: str | None) -> tuple[int, str]:
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    """core.gan.atomic_files' temp-file-and-rename, refusing (before the rename) bytes that do not hash to
+    `sha256`."""
     digest, size = hashlib.sha256(), 0
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            while block := answer.read(CHUNK):
-                digest.update(block)
-                size += len(block)
-                file.write(block)
-            file.flush()
-            os.fsync(file.fileno())
+
+    def write(file) -> None:
+        nonlocal size
+        while block := answer.read(CHUNK):
+            digest.update(block)
+            size += len(block)
+            file.write(block)
         if sha256 is not None and digest.hexdigest() != sha256:
             raise ClientError(f"{target}: sha256 {digest.hexdigest()} is not the listed {sha256}; not written")
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+
+    atomic_write(target, write)
     return size, digest.hexdigest()
 
 
