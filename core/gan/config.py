@@ -233,6 +233,8 @@ def _field_type(f: dataclasses.Field) -> tuple[str, bool]:
     """A field's base type name ("int", "float", "str", "bool") and whether it may be None."""
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     return kind.replace("| None", "").strip(), "None" in kind
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
