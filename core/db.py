@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, DateTime, Engine, ForeignKey, Index,
-                        Integer, MetaData, String, Text, create_engine, event, select)
+from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, DateTime, Engine, Float, ForeignKey, Index,
+                        Integer, MetaData, String, Text, UniqueConstraint, create_engine, event, select)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -121,10 +121,14 @@ class Dataset(Base):
 
 
 class Generator(Base):
-    """An uploaded generator: safetensors weights, checked against their config, that generate jobs sample."""
+    """One version in the tenant's generator registry: safetensors weights with the config they were checked
+    against, under `name` with an increasing `version` (core.registry). Uploaded ones (POST /v1/generators)
+    and the final and best generators of every succeeded training job, whose lineage (job, step, dataset and
+    its content hash, FID) is kept here."""
 
     __tablename__ = "generators"
-    __table_args__ = (Index("ix_generators_tenant_id_created_at_id", "tenant_id", "created_at", "id"),)
+    __table_args__ = (Index("ix_generators_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
+                      UniqueConstraint("tenant_id", "name", "version"))
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
@@ -135,6 +139,29 @@ class Generator(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    version: Mapped[int] = mapped_column(default=1)
+    # "upload", or "final" / "best": the generator a training job ended with / scored best with.
+    source: Mapped[str] = mapped_column(String(16), default="upload")
+    # Lineage of a job's generator. The job id is not a foreign key: a registry entry is a record of where
+    # it came from, and must not tie the jobs table into a cycle with this one.
+    job_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
+    step: Mapped[int | None]
+    dataset: Mapped[str | None] = mapped_column(String(100))  # the job's reference: builtin:<name> or an id
+    dataset_sha256: Mapped[str | None] = mapped_column(String(64))  # the images' content hash
+    fid: Mapped[float | None] = mapped_column(Float)
+    kid: Mapped[float | None] = mapped_column(Float)
+
+
+class GeneratorAlias(Base):
+    """A movable label (`champion`, `staging`, ...) on one version of a registry name: `name@alias`."""
+
+    __tablename__ = "generator_aliases"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    generator_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("generators.id", ondelete="CASCADE"), index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Job(Base):
@@ -156,6 +183,8 @@ class Job(Base):
         Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
         # ... and for queued jobs whose message was published long ago (lost with a Redis wipe).
         Index("ix_jobs_status_published_at", "status", "published_at"),
+        # GET /v1/jobs?sort=best_fid ranks a tenant's evaluated runs.
+        Index("ix_jobs_tenant_id_best_fid_id", "tenant_id", "best_fid", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -195,6 +224,13 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Train jobs with eval_every: the evaluated step with the lowest FID, whose generator is kept as the
+    # job's best-generator artifact. A resumed attempt starts from it, so a job keeps its best so far.
+    best_step: Mapped[int | None]
+    best_fid: Mapped[float | None] = mapped_column(Float)
+    best_kid: Mapped[float | None] = mapped_column(Float)
+    # Evaluate jobs: the scores and how they were made (network, its hash, samples, preprocessing).
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
 
 
 class Artifact(Base):

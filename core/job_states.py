@@ -9,6 +9,7 @@ from enum import StrEnum
 class JobType(StrEnum):
     TRAIN = "train"
     GENERATE = "generate"
+    EVALUATE = "evaluate"
 
 
 class JobStatus(StrEnum):

@@ -38,11 +38,16 @@ class Task:
 
 TRAIN = Task("dcgan.train", "train")
 GENERATE = Task("dcgan.generate", "generate")
+# Evaluation jobs have a queue of their own, consumed by a separate, low-priority worker (`dcgan worker
+# --queues evaluate --nice 10`; `dcgan up` runs one): a long FID run never holds up a training job.
+EVALUATE = Task("dcgan.evaluate", "evaluate")
+# Synchronous sampling (GET /v1/generators/<ref>/images): a warm sampling worker answers while the API waits.
+SAMPLE = Task("dcgan.sample", "sample")
 # Housekeeping has a queue of its own, so it never waits behind a training run.
 REAP = Task("dcgan.reap", "maintenance")
-TASKS = (TRAIN, GENERATE, REAP)
+TASKS = (TRAIN, GENERATE, EVALUATE, SAMPLE, REAP)
 # job type -> the task that runs it
-JOB_TASKS = {"train": TRAIN, "generate": GENERATE}
+JOB_TASKS = {"train": TRAIN, "generate": GENERATE, "evaluate": EVALUATE}
 # What `dcgan worker` consumes; `dcgan reaper` consumes REAP.queue.
 WORKER_QUEUES = (TRAIN.queue, GENERATE.queue)
 # What sending raises when the broker is away: kombu's wrapper of the transport's connection errors, and a

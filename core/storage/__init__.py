@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
-from .keys import (checkpoint_key, dataset_key, dataset_prefix, generator_key, grid_key, job_prefix, sample_key,
-                   tenant_prefix, uploaded_generator_key, validate_key, validate_prefix)
+from .keys import (best_generator_key, checkpoint_key, dataset_key, dataset_prefix, evaluation_key, generator_key,
+                   grid_key, job_prefix, sample_key, tenant_prefix, uploaded_generator_key, validate_key,
+                   validate_prefix)
 from .local import LocalStore
 from .protocol import ArtifactStore, ObjectNotFound, StorageError, StoredObject, content_type_for
 from .s3 import S3Store
@@ -23,9 +24,9 @@ if TYPE_CHECKING:
     from core.settings import Settings
 
 __all__ = ["ArtifactStore", "LocalStore", "ObjectNotFound", "S3Store", "StorageError", "StoredObject",
-           "checkpoint_key", "content_type_for", "dataset_key", "dataset_prefix", "generator_key", "grid_key",
-           "job_prefix", "open_store", "sample_key", "tenant_prefix", "uploaded_generator_key", "validate_key",
-           "validate_prefix"]
+           "best_generator_key", "checkpoint_key", "content_type_for", "dataset_key", "dataset_prefix",
+           "evaluation_key", "generator_key", "grid_key", "job_prefix", "open_store", "sample_key", "tenant_prefix",
+           "uploaded_generator_key", "validate_key", "validate_prefix"]
 
 
 def open_store(settings: Settings) -> ArtifactStore:

@@ -90,6 +90,16 @@ def generator_key(tenant_id: int | str, job_id: int | str) -> str:
     return f"{job_prefix(tenant_id, job_id)}generator.safetensors"
 
 
+def best_generator_key(tenant_id: int | str, job_id: int | str) -> str:
+    """A train job's generator at its evaluated step with the lowest FID (config eval_every)."""
+    return f"{job_prefix(tenant_id, job_id)}best-generator.safetensors"
+
+
+def evaluation_key(tenant_id: int | str, job_id: int | str) -> str:
+    """An evaluate job's result document."""
+    return f"{job_prefix(tenant_id, job_id)}evaluation.json"
+
+
 def dataset_key(tenant_id: int | str, dataset_id: int | str, name: str) -> str:
     return validate_key(f"{dataset_prefix(tenant_id, dataset_id)}{name}")
 
