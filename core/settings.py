@@ -14,6 +14,10 @@ from typing import Mapping
 from urllib.parse import urlparse
 
 
+# What a sampling worker may render with (core.gan.sample's fp32 path, bf16 autocast, static int8).
+SAMPLE_PRECISIONS = ("fp32", "bf16", "int8")
+
+
 class SettingsError(ValueError):
     """An environment variable with a value the platform cannot use; the message names it."""
 
@@ -56,6 +60,15 @@ class Settings:
     # Event streams (GET /v1/jobs/<id>/stream) one API process holds open at once; each has a thread of its
     # own beside the request threads, so streams never take the threads that answer polls.
     max_streams: int = 64
+    # Synchronous sampling (GET /v1/generators/<ref>/images): how long the API waits for a sampling worker's
+    # answer before 504 -- past it the request is dropped from the queue too, so a late worker renders nothing.
+    sample_timeout_seconds: int = 10
+    # Loaded generators a sampling worker keeps (an LRU keyed by the weights' sha256); a 64x64 default-width
+    # generator is about 14 MB of fp32 weights, so the default costs a few hundred MB at most.
+    sample_cache_size: int = 16
+    # The path sampling workers render with: fp32, bf16 or int8 (the last two fall back to fp32 when their
+    # load-time quality check fails). Part of every sampling ETag, since the pixels depend on it.
+    sample_precision: str = "fp32"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -79,6 +92,9 @@ class Settings:
             idempotency_hours=env_int(env, "DCGAN_IDEMPOTENCY_HOURS", cls.idempotency_hours),
             secret_key=env.get("DCGAN_SECRET_KEY", ""),
             max_streams=env_int(env, "DCGAN_MAX_STREAMS", cls.max_streams),
+            sample_timeout_seconds=env_int(env, "DCGAN_SAMPLE_TIMEOUT_SECONDS", cls.sample_timeout_seconds),
+            sample_cache_size=env_int(env, "DCGAN_SAMPLE_CACHE_SIZE", cls.sample_cache_size),
+            sample_precision=env.get("DCGAN_SAMPLE_PRECISION", cls.sample_precision),
         )
         return settings.with_defaults()
 
@@ -91,6 +107,9 @@ class Settings:
             raise SettingsError(f"STORAGE_URL: must start with file:// or s3://, got {storage_url!r}")
         if scheme == "s3" and not urlparse(storage_url).netloc:
             raise SettingsError(f"STORAGE_URL: no bucket in {storage_url!r} (use s3://bucket/prefix)")
+        if self.sample_precision not in SAMPLE_PRECISIONS:
+            raise SettingsError(f"DCGAN_SAMPLE_PRECISION: one of {', '.join(SAMPLE_PRECISIONS)}, "
+                                f"got {self.sample_precision!r}")
         return replace(self, database_url=database_url, storage_url=storage_url)
 
 
