@@ -1,14 +1,17 @@
+import copy
 import json
+import logging
 import struct
 
 import pytest
 import torch
 from PIL import Image
 
+from bench.sample_latency import default_generator
 from core.gan.checkpoint import CheckpointError, export_generator, read_generator
 from core.gan.models import build_generator, init_dcgan_weights
-from core.gan.sample import (MICRO_BATCH, SampleError, Sampler, SamplerOptions, grid_image, image_list,
-                             noise_for_seeds, parse_seeds, png_bytes, save_gif)
+from core.gan.sample import (GATE_SEEDS, MICRO_BATCH, QUALITY_GATE_DB, SampleError, Sampler, SamplerOptions,
+                             grid_image, image_list, noise_for_seeds, parse_seeds, png_bytes, psnr, save_gif)
 from tests.conftest import tiny_config
 
 
@@ -151,15 +154,83 @@ def test_fast_paths_stay_close_to_fp32(generator_file):
     assert (bf16 - reference[:2]).abs().mean() < 0.05
 
 
-def test_int8_stays_within_stated_error_of_fp32(generator_file):
-    from core.gan.sample import psnr
+@pytest.fixture(scope="module")
+def contrasty():
+    """A tiny G whose images use much of the grey range, as a trained G's do; generator_file's are near-flat
+    (a constant image scores ~60 dB PSNR against them), on which no PSNR check means anything."""
+    G, config = default_generator(tiny_config())  # the benchmark's G: BatchNorm statistics from its outputs
+    with torch.no_grad():
+        G.main[-2].weight *= 0.5 / G.main[:-1](noise_for_seeds(range(64), config.z_dim)).std()  # pre-Tanh std 0.5
+    return G, config
 
-    seeds = range(32)
-    reference = Sampler.from_file(generator_file).images_for_seeds(seeds)
-    int8 = Sampler.from_file(generator_file, options=SamplerOptions(quantize=True))
+
+def _sampler(G, config, **options):
+    return Sampler(copy.deepcopy(G), config, options=SamplerOptions(**options))
+
+
+def _quantized(sampler):
+    return any("quantized" in type(m).__module__ for m in sampler.model.modules())
+
+
+def test_fp32_skips_the_gate(contrasty):
+    sampler = _sampler(*contrasty)
+    assert sampler.path == "fp32"
+    assert sampler.quality == {"requested": "fp32", "path": "fp32", "psnr_db": None, "threshold_db": 35.0,
+                               "fallback_reason": None}
+
+
+def test_int8_serves_when_it_passes_the_gate(contrasty):
+    G, config = contrasty
+    seeds = range(32)  # not the gate's seeds: the kept path holds on images it was not judged on
+    reference = _sampler(G, config).images_for_seeds(seeds)
+    assert psnr(reference.mean().expand_as(reference), reference) < 20  # a grey image would fail the gate
+    int8 = _sampler(G, config, quantize=True)
+    assert int8.path == "int8" and _quantized(int8), "nothing was quantized"
+    assert QUALITY_GATE_DB <= int8.quality["psnr_db"] < 100 and int8.quality["fallback_reason"] is None
+    assert json.loads(json.dumps(int8.quality)) == int8.quality
     images = int8.images_for_seeds(seeds)
-    assert any("quantized" in type(m).__module__ for m in int8.model.modules()), "nothing was quantized"
-    assert 35 < psnr(images, reference) < float("inf")
+    assert QUALITY_GATE_DB < psnr(images, reference) < float("inf")
     assert torch.equal(images[7], int8.images_for_seeds([7])[0])  # still one image per seed
+    assert _sampler(G, config, quantize=True).quality == int8.quality  # fixed seeds: the same decision
     with pytest.raises(SampleError, match="CPU only"):
-        Sampler.from_file(generator_file, device="meta", options=SamplerOptions(quantize=True))
+        Sampler(copy.deepcopy(G), config, device="meta", options=SamplerOptions(quantize=True))
+
+
+def test_int8_falls_back_to_fp32_when_it_fails_the_gate(contrasty, caplog):
+    G, config = contrasty
+    G = copy.deepcopy(G)
+    with torch.no_grad():
+        # One channel of the first block at ~1000 beside channels of ~1: per-tensor int8 must spend its 256
+        # levels on that channel and rounds the others to 0. The next layer ignores it, so fp32 is unchanged.
+        G.main[1].bias[0] = 1000.0
+        G.main[3].weight[0] = 0.0
+    reference = _sampler(G, config).images_for_seeds(range(32))
+    with caplog.at_level(logging.INFO, logger="core.gan.sample"):
+        sampler = _sampler(G, config, quantize=True)
+    assert sampler.path == "fp32" and not _quantized(sampler)
+    quality = sampler.quality
+    assert quality["requested"] == "int8" and quality["path"] == "fp32" and quality["psnr_db"] < 20
+    assert f"{quality['psnr_db']:.1f} dB" in quality["fallback_reason"]
+    assert torch.equal(sampler.images_for_seeds(range(32)), reference)
+    warning, = [r for r in caplog.records if r.name == "core.gan.sample" and r.levelno == logging.WARNING]
+    assert "int8" in warning.getMessage() and "serving fp32" in warning.getMessage()
+
+
+def test_bf16_is_gated_the_same_way(contrasty):
+    G, config = contrasty
+    bf16 = _sampler(G, config, precision="bf16")
+    assert bf16.path == "bf16" and QUALITY_GATE_DB <= bf16.quality["psnr_db"] < 100
+    stricter = _sampler(G, config, precision="bf16", quality_gate_db=bf16.quality["psnr_db"] + 1)
+    assert stricter.path == "fp32" and stricter.quality["threshold_db"] == bf16.quality["psnr_db"] + 1
+    # The last block's channels ride on +1000, which the output layer cancels (its weights sum to 0 over the
+    # channels): exact in fp32, but bf16's 8-bit significand keeps steps of 4 there and the signal is lost.
+    G = copy.deepcopy(G)
+    with torch.no_grad():
+        G.main[-4].bias += 1000.0
+        G.main[-2].weight -= G.main[-2].weight.mean(0, keepdim=True)
+    reference = _sampler(G, config).images_for_seeds(GATE_SEEDS)
+    assert psnr(reference.mean().expand_as(reference), reference) < 20
+    sampler = _sampler(G, config, precision="bf16")
+    assert sampler.path == "fp32" and sampler.quality["psnr_db"] < 20
+    assert sampler.quality["requested"] == "bf16" and "bf16" in sampler.quality["fallback_reason"]
+    assert torch.equal(sampler.images_for_seeds(GATE_SEEDS), reference)
