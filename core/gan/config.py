@@ -24,6 +24,8 @@ IMG_SIZES = (32, 64, 128)
 LOSSES = ("bce", "hinge")
 AUGMENTS = ("color", "translation", "cutout")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Feature networks for evaluation during training; core.gan.metrics.FEATURE_NETS (a test keeps them equal).
+EVAL_NETS = ("auto", "inception", "digits", "fashion-mnist")
 # The train loop reports its losses every this many steps: the spacing of a job's metrics history.
 LOG_EVERY_STEPS = 10
 
@@ -142,6 +144,15 @@ class TrainConfig:
     compile: bool = False
     # How many images the fixed-noise sample grid shows.
     num_samples: int = _field(64, Bounds(1, 1024))
+    # Score the EMA generator (FID and KID on fixed seeds 0..eval_num-1 against the dataset's cached real
+    # statistics) every this many steps and at the end, keeping the best-scoring generator; 0 disables.
+    eval_every: int = _field(0, _CADENCE)
+    # Generated samples per evaluation; the default comes from a measurement of FID's spread between seed
+    # sets at each count (bench/eval_spread.py, docs/eval-spread-cpu.txt).
+    eval_num: int = _field(1000, Bounds(2, 50_000))
+    # Feature network: "auto" is the project's classifier for digits and fashion-mnist (fast, and fitted to
+    # those images), Inception otherwise (the standard FID network; slow on a CPU).
+    eval_net: str = _field("auto", OneOf(EVAL_NETS))
 
     # ----- derived -----
     @property

@@ -7,7 +7,10 @@ the G update (their gradients would be thrown away), and D ends in a logit (BCE 
 
 The loop talks to its host only through arguments and callbacks, as stylegan2-ada-pytorch's
 training_loop does: `on_progress(Progress)`, `should_stop() -> bool` (checked every step; a stop writes a
-final checkpoint and returns normally), `on_checkpoint(path, step)` and `on_sample(path, step)`.
+final checkpoint and returns normally), `on_checkpoint(path, step)`, `on_sample(path, step)` and
+`on_best(path, best)`. With `eval_every` the EMA generator is scored every that many steps and at the end
+(core.gan.evaluation); the scores ride on that step's Progress, and a new lowest FID exports the generator
+as `best-generator.safetensors` and calls `on_best`.
 
 Resume is exact: a checkpoint holds every piece of state the next step reads (weights, EMA, optimisers,
 scaler, the epoch's order and position, every RNG), so on the same device 10 steps + resume + 10 steps give
@@ -32,6 +35,7 @@ from .checkpoint import (CheckpointError, export_generator, load_module_state, l
                          save_training_state)
 from .config import LOG_EVERY_STEPS, ConfigError, TrainConfig
 from .data import ImageSet, to_model_range
+from .evaluation import Scores, TrainingEvaluator
 from .models import ExponentialMovingAverage, build_discriminator, build_generator, init_dcgan_weights
 from .sample import grid_image, noise_for_seeds, save_png
 
@@ -52,13 +56,18 @@ class Progress:
     images_per_second: float
     eta_seconds: float
     elapsed_seconds: float
+    # Set on an evaluated step (eval_every): FID and KID of the EMA generator, and the run's best so far.
+    fid: float | None = None
+    kid: float | None = None
+    eval_seconds: float | None = None
+    best: dict[str, Any] | None = None
 
     @property
     def percent(self) -> float:
         return 100.0 * self.step / self.total_steps
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "percent": round(self.percent, 2)}
+        return {**{k: v for k, v in asdict(self).items() if v is not None}, "percent": round(self.percent, 2)}
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,8 @@ class TrainResult:
     generator_path: Path
     checkpoint_path: Path
     grid_path: Path
+    best: dict[str, Any] | None = None  # {"step", "fid", "kid"} of the best evaluated generator, if any
+    final_scores: dict[str, Any] | None = None  # the scores of the final step, when it was evaluated
 
 
 @dataclass
@@ -77,6 +88,7 @@ class Callbacks:
     should_stop: Callable[[], bool] | None = None
     on_checkpoint: Callable[[Path, int], None] | None = None
     on_sample: Callable[[Path, int], None] | None = None
+    on_best: Callable[[Path, dict[str, Any]], None] | None = None
 
 
 @dataclass
@@ -109,6 +121,10 @@ class RunPaths:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
+
+    @property
+    def best_generator(self) -> Path:
+        return self.root / "best-generator.safetensors"
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -151,7 +167,8 @@ def steps_per_epoch(config: TrainConfig, num_images: int) -> int:
 class Trainer:
     """One run: models, optimisers and the data cursor, built fresh or from a checkpoint."""
 
-    def __init__(self, config: TrainConfig, data: ImageSet, out_dir: Path, device: str | torch.device = "auto"):
+    def __init__(self, config: TrainConfig, data: ImageSet, out_dir: Path, device: str | torch.device = "auto",
+                 cache_dir: Path | None = None):
         if len(data) == 0:
             raise ConfigError("dataset", "has no images")
         if tuple(data.images.shape[1:]) != (config.img_channels, config.img_size, config.img_size):
@@ -194,6 +211,7 @@ class Trainer:
         self.position = 0
         self.order = torch.randperm(len(data), generator=self.data_rng)
         self.fixed_noise = noise_for_seeds(range(config.num_samples), config.z_dim)
+        self.evaluator = TrainingEvaluator(config, data, self.device, cache_dir) if config.eval_every else None
 
     # ----- state -----
     def state_dict(self) -> dict[str, Any]:
@@ -208,6 +226,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": {"data": self.data_rng.get_state(), "noise": self.noise_rng.get_state()},
             "device_type": self.device.type,
+            "best": self.evaluator.best if self.evaluator is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str) -> None:
@@ -227,6 +246,8 @@ class Trainer:
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{source}: optimiser or RNG state does not fit ({exc})") from None
         self.step, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
+        if self.evaluator is not None and state.get("best") is not None:
+            self.evaluator.best = dict(state["best"])
         self.order = state["order"]
         if self.order.shape != (len(self.data),):
             raise CheckpointError(f"{source}: was trained on {self.order.shape[0]} images, this dataset has "
@@ -315,28 +336,35 @@ class Trainer:
         save_png(image, self.paths.grid)
         return path
 
-    def export(self) -> Path:
-        export_generator(self.paths.generator, self.sampling_generator, self.config,
+    def export(self, path: Path | None = None) -> Path:
+        path = path or self.paths.generator
+        export_generator(path, self.sampling_generator, self.config,
                          {"step": str(self.step), "dataset": self.data.name})
-        return self.paths.generator
+        return path
 
 
 def train(config: TrainConfig, data: ImageSet, out_dir: Path, *, device: str | torch.device = "auto",
           resume_from: Path | None = None, callbacks: Callbacks | None = None,
-          progress_every: int = LOG_EVERY_STEPS) -> TrainResult:
-    """Train (or continue) a run in out_dir. With resume_from, config.steps/epochs set the new total."""
+          progress_every: int = LOG_EVERY_STEPS, cache_dir: Path | None = None,
+          best: dict[str, Any] | None = None) -> TrainResult:
+    """Train (or continue) a run in out_dir. With resume_from, config.steps/epochs set the new total.
+
+    `cache_dir` keeps the real-image statistics evaluation needs; `best` ({"step", "fid", "kid"}) is the best
+    evaluated generator the host already keeps for this run (a job row), used instead of the checkpoint's."""
     callbacks = callbacks or Callbacks()
     if resume_from is not None:
         state = load_training_state(Path(resume_from))
         saved: TrainConfig = state["config"]
         config = saved.replace(steps=config.steps, epochs=config.epochs) if (config.steps or config.epochs) \
             else saved
-        trainer = Trainer(config, data, out_dir, device)
+        trainer = Trainer(config, data, out_dir, device, cache_dir)
         if state.get("dataset_hash") not in (None, data.source_hash):
             raise CheckpointError(f"{resume_from}: was trained on other data ({state.get('dataset')})")
         trainer.load_state_dict(state, str(resume_from))
     else:
-        trainer = Trainer(config, data, out_dir, device)
+        trainer = Trainer(config, data, out_dir, device, cache_dir)
+    if best is not None and trainer.evaluator is not None:
+        trainer.evaluator.best = dict(best)
     return run(trainer, callbacks, progress_every)
 
 
@@ -350,8 +378,18 @@ def run(trainer: Trainer, callbacks: Callbacks, progress_every: int = LOG_EVERY_
     window_step, window_time = trainer.step, started
     stopped = False
     stats: dict[str, Any] | None = None  # the newest step's losses, not yet reported while unreported
+    final_scores: dict[str, Any] | None = None
+    evaluator = trainer.evaluator
 
-    def report(stats: dict[str, Any]) -> None:
+    def evaluate_now() -> Scores:
+        scores = evaluator.score(trainer.sampling_generator, trainer.step)
+        if evaluator.improves(scores):
+            path = trainer.export(trainer.paths.best_generator)
+            if callbacks.on_best is not None:
+                callbacks.on_best(path, dict(evaluator.best))
+        return scores
+
+    def report(stats: dict[str, Any], scores: Scores | None = None) -> None:
         nonlocal window_step, window_time
         step, now = trainer.step, time.perf_counter()
         values = {k: float(v) for k, v in stats.items()}
@@ -359,9 +397,11 @@ def run(trainer: Trainer, callbacks: Callbacks, progress_every: int = LOG_EVERY_
             raise FloatingPointError(f"non-finite loss at step {step}: {values}")
         rate = (step - window_step) * trainer.batch_size / max(now - window_time, 1e-9)
         window_step, window_time = step, now
+        evaluated = {} if scores is None else dict(fid=scores.fid, kid=scores.kid, eval_seconds=scores.seconds,
+                                                   best=dict(evaluator.best))
         progress = Progress(step, total, trainer.epoch, values["loss_d"], values["loss_g"], values["d_real"],
                             values["d_fake"], rate, (total - step) * trainer.batch_size / max(rate, 1e-9),
-                            now - started)
+                            now - started, **evaluated)
         metrics.write(json.dumps(progress.to_dict()) + "\n")
         metrics.flush()
         if callbacks.on_progress is not None:
@@ -376,8 +416,11 @@ def run(trainer: Trainer, callbacks: Callbacks, progress_every: int = LOG_EVERY_
                 break
             stats = trainer.train_step()
             step = trainer.step
-            if step % progress_every == 0 or step == total:
-                report(stats)
+            scores = evaluate_now() if evaluator is not None and evaluator.due(step, total) else None
+            if scores is not None and step == total:
+                final_scores = scores.to_dict()
+            if step % progress_every == 0 or step == total or scores is not None:
+                report(stats, scores)
                 stats = None
             if config.sample_every and step % config.sample_every == 0 and step != total:
                 path = trainer.write_sample()
@@ -395,4 +438,6 @@ def run(trainer: Trainer, callbacks: Callbacks, progress_every: int = LOG_EVERY_
     if callbacks.on_checkpoint is not None:
         callbacks.on_checkpoint(checkpoint_path, trainer.step)
     generator_path = trainer.export()
-    return TrainResult(trainer.step, total, stopped, generator_path, checkpoint_path, trainer.paths.grid)
+    return TrainResult(trainer.step, total, stopped, generator_path, checkpoint_path, trainer.paths.grid,
+                       best=dict(evaluator.best) if evaluator is not None and evaluator.best else None,
+                       final_scores=final_scores)

@@ -59,3 +59,11 @@ def test_every_problem_is_reported_together():
         TrainConfig.from_dict({"steps": "many", "img_size": 48})
     assert [e.field for e in info.value.all] == ["steps"]  # ranges are checked once every value has its type
     assert info.value is info.value.all[0]
+
+
+def test_eval_nets_are_the_metrics_feature_nets():
+    # config.py cannot import core.gan.metrics (torch; the API reads the config), so it spells them again.
+    from core.gan.config import EVAL_NETS
+    from core.gan.metrics import FEATURE_NETS
+
+    assert EVAL_NETS == ("auto", *FEATURE_NETS)

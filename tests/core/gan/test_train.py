@@ -162,3 +162,41 @@ def test_training_actually_learns(tmp_path, digits):
         return (images.flatten().quantile(quantiles) - real.flatten().quantile(quantiles)).abs().mean()
 
     assert pixel_distance(trained) < 0.7 * pixel_distance(untrained)
+
+
+def test_evaluation_scores_every_eval_every_steps_and_keeps_the_lowest_fid(tmp_path, digits, device, cache_dir):
+    progress, bests = [], []
+    config = tiny_config(steps=30, eval_every=10, eval_num=64, eval_net="digits", checkpoint_every=20)
+    result = train(config, digits, tmp_path / "run", device=device, cache_dir=cache_dir,
+                   callbacks=Callbacks(on_progress=progress.append,
+                                       on_best=lambda path, best: bests.append((path.read_bytes(), dict(best)))))
+    scored = {p.step: p.fid for p in progress if p.fid is not None}
+    assert sorted(scored) == [10, 20, 30]
+    best_step = min(scored, key=scored.get)
+    assert result.best == {"step": best_step, "fid": scored[best_step], "kid": result.best["kid"]}
+    # on_best was called for each new minimum, in order, and the file holds that step's generator
+    assert [b["fid"] for _, b in bests] == sorted({b["fid"] for _, b in bests}, reverse=True)
+    assert bests[-1][1] == result.best
+    assert result.final_scores["step"] == 30 and result.final_scores["fid"] == scored[30]
+    best_config, best_weights = read_generator(tmp_path / "run" / "best-generator.safetensors")
+    assert best_config == config
+    # The FID recorded for the best step is the one an evaluation of the exported best generator gives.
+    from core.gan.metrics import evaluate
+    sampler = Sampler.from_file(tmp_path / "run" / "best-generator.safetensors")
+    again = evaluate(lambda s, c: sampler.images_for_seeds(range(s, s + c)), digits.images, dataset="digits",
+                     metrics=("fid",), num=64, feature_net="digits", cache_dir=cache_dir)
+    assert again["fid"] == pytest.approx(result.best["fid"], rel=1e-6)
+
+
+def test_a_resumed_run_keeps_its_best_so_far(tmp_path, digits, device, cache_dir):
+    config = tiny_config(steps=20, eval_every=10, eval_num=32, eval_net="digits")
+    first = train(config.replace(steps=10), digits, tmp_path, device=device, cache_dir=cache_dir)
+    assert load_training_state(first.checkpoint_path)["best"] == first.best and first.best["step"] == 10
+    # A best the host knows of (a job row) wins over the checkpoint's, and a worse later FID does not replace it.
+    unbeatable = {"step": 10, "fid": -1.0, "kid": 0.0}
+    resumed = train(config, digits, tmp_path, device=device, cache_dir=cache_dir, resume_from=first.checkpoint_path,
+                    best=unbeatable)
+    assert resumed.best == unbeatable and resumed.final_scores["step"] == 20
+    from_checkpoint = train(config.replace(steps=30), digits, tmp_path, device=device, cache_dir=cache_dir,
+                            resume_from=resumed.checkpoint_path)
+    assert from_checkpoint.best == unbeatable  # kept in the checkpoint too

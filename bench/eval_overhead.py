@@ -1,0 +1,91 @@
+"""What evaluation during training costs: the share of wall time spent scoring, and Inception on a CPU.
+
+1. Trains digits 32x32 (the default config otherwise: width 64, batch 64) for --steps with eval_every=100
+   and the default eval_num / eval_net (the digits network), timing each evaluation from the Progress the
+   loop reports; prints the share of the run's wall time that went into scoring. A second run without
+   evaluation, in the same process, gives the plain training time to compare with.
+2. Times one evaluation with eval_net=inception at --inception-num samples on the same generator: what a
+   run on an uploaded dataset (eval_net auto = Inception) would pay at every evaluation on this machine.
+
+Run from the repo root:  .venv/bin/python bench/eval_overhead.py   (about 5-10 minutes on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script, like bench/quality.py
+
+from core.gan.config import TrainConfig  # noqa: E402
+from core.gan.data import load_images  # noqa: E402
+from core.gan.evaluation import TrainingEvaluator  # noqa: E402
+from core.gan.train import Callbacks, train  # noqa: E402
+
+
+def cpu_flags() -> str:
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "none of avx2/avx512"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--inception-num", type=int, default=500)
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "dcgan-platform")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"# eval_overhead {datetime.date.today()} | {platform.processor() or platform.machine()} | cpu flags: "
+          f"{cpu_flags()} | torch {torch.__version__} | threads {torch.get_num_threads()}")
+    data = load_images("digits", 32, 1, cache_dir=args.cache_dir)
+    base = TrainConfig.from_dict({"img_size": 32, "img_channels": 1, "steps": args.steps, "sample_every": 0,
+                                  "checkpoint_every": 0})
+    evaluated = base.replace(eval_every=100)
+    timings = {}
+    for name, config in (("without evaluation", base), ("eval_every=100", evaluated)):
+        progress = []
+        with tempfile.TemporaryDirectory() as out:
+            started = time.perf_counter()
+            result = train(config, data, Path(out), device="cpu", cache_dir=args.cache_dir,
+                           callbacks=Callbacks(on_progress=progress.append))
+            timings[name] = (time.perf_counter() - started, progress, result)
+    wall, progress, result = timings["eval_every=100"]
+    scoring = [p.eval_seconds for p in progress if p.eval_seconds is not None]
+    plain = timings["without evaluation"][0]
+    print(f"digits 32x32, {args.steps} steps, eval_num {evaluated.eval_num}, eval_net {evaluated.eval_net} "
+          f"(-> digits)")
+    print(f"  without evaluation: {plain:.1f} s")
+    print(f"  eval_every=100:     {wall:.1f} s, {len(scoring)} evaluations "
+          f"({', '.join(f'{s:.2f}' for s in scoring)} s; the first computes and caches the real statistics)")
+    print(f"  scoring: {sum(scoring):.1f} s = {100 * sum(scoring) / wall:.1f}% of the run's wall time "
+          f"(run time vs without: +{100 * (wall - plain) / plain:.1f}%)")
+    print(f"  best: {result.best}")
+
+    inception = TrainingEvaluator(base.replace(eval_every=100, eval_num=args.inception_num, eval_net="inception"),
+                                  data, torch.device("cpu"), args.cache_dir)
+    with tempfile.TemporaryDirectory() as out:
+        generator = train(base.replace(steps=10), data, Path(out), device="cpu")
+        from core.gan.sample import Sampler
+
+        model = Sampler.from_file(generator.generator_path).model
+    first = inception.score(model, 0)  # computes the real statistics (1,797 digits) once
+    again = inception.score(model, 0)
+    print(f"inception on this CPU, {args.inception_num} samples at 32x32 (resized to 299x299): "
+          f"{first.seconds:.1f} s with the real statistics computed, {again.seconds:.1f} s per evaluation after; "
+          f"that is {again.seconds / args.inception_num * 1000:.0f} ms per generated image")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
