@@ -1,5 +1,5 @@
-"""`dcgan jobs ...` and `dcgan datasets ...`: the parser, the dispatch, and the requests they send (urllib;
-tenacity sends again).
+"""`dcgan jobs ...`, `dcgan datasets ...` and `dcgan generators ...`: the parser, the dispatch, and the requests
+they send (urllib; tenacity sends again).
 
 It finds the API at DCGAN_API_URL (default http://127.0.0.1:8000) and its key in DCGAN_API_KEY, else in
 <DCGAN_DATA_DIR>/api-key, the file `dcgan up` writes. Answers are printed as JSON; an error answer is one
@@ -34,7 +34,7 @@ SEND_ATTEMPTS = 3
 # What "no answer" looks like from urllib; an HTTPError is an answer and is never sent again.
 NO_ANSWER = (urllib.error.URLError, ConnectionError, TimeoutError)
 
-COMMANDS = ("jobs", "datasets")
+COMMANDS = ("jobs", "datasets", "generators")
 
 
 class ClientError(Exception):
@@ -58,6 +58,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     listing.add_argument("--status", choices=[status.value for status in JobStatus])
     listing.add_argument("--type", choices=[job_type.value for job_type in JobType])
     listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--sort", choices=["newest", "best_fid"], help="best_fid: evaluated runs, lowest FID first")
     actions.add_parser("get", help="one job: status, progress, error").add_argument("job_id")
     actions.add_parser("cancel", help="cancel a job").add_argument("job_id")
     train = actions.add_parser("train", help="submit a training job")
@@ -67,19 +68,28 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--max-runtime", type=int, metavar="SECONDS",
                        help="fail the job as timeout (after a final checkpoint) past this; default and "
                             "ceiling: the server's limit")
+    train.add_argument("--name", help="the registry name its generators get versions of (default: the dataset's)")
     _add_follow(train)
     follow = actions.add_parser("follow", help="a progress bar until the job ends: exit 0 succeeded, 1 failed, "
                                                "130 cancelled (Ctrl-C stops following, not the job)")
     follow.add_argument("job_id")
     generate = actions.add_parser("generate", help="submit a job that renders a grid for chosen seeds")
-    generate.add_argument("--from", dest="generator_job", required=True, metavar="TRAIN_JOB_ID",
-                          help="a succeeded training job")
+    source = generate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="generator_job", metavar="TRAIN_JOB_ID", help="a succeeded training job")
+    source.add_argument("--generator", metavar="REF", help="a registry generator: id, name:version or name@alias")
     generate.add_argument("--seeds", required=True, help="e.g. 0-15 or 1,5,9")
     generate.add_argument("--nrow", type=int, help="images per row of the grid")
     generate.add_argument("--truncation", type=float, help="truncation of the latent vectors")
     _add_follow(generate)
     generate.add_argument("--grid", type=Path, metavar="FILE", help="once it succeeded, download the grid to "
                                                                     "FILE (implies --follow)")
+    evaluate = actions.add_parser("evaluate", help="score a generator: FID, KID (and IS where the network "
+                                                   "allows) on a dataset, on the low-priority evaluate queue")
+    evaluate.add_argument("--generator", required=True, metavar="REF", help="id, name:version or name@alias")
+    evaluate.add_argument("--dataset", required=True, help=f"a dataset id or one of {', '.join(BUILTIN_DATASETS)}")
+    evaluate.add_argument("--num", type=int, help="generated samples (seeds 0..num-1; default 2000)")
+    evaluate.add_argument("--net", help="auto, inception, digits or fashion-mnist (default auto)")
+    _add_follow(evaluate)
     download = actions.add_parser("download", help="a job's grid, generator and artifacts (sha256 checked)")
     download.add_argument("job_id")
     download.add_argument("--grid", type=Path, metavar="FILE", help="the latest (or final) grid")
@@ -93,6 +103,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     upload.add_argument("file", type=Path)
     upload.add_argument("--name", help="a display name (default: the file's name)")
     dataset_actions.add_parser("list", help="datasets, newest first")
+
+    generators = sub.add_parser("generators", help="the API's generator registry")
+    generator_actions = generators.add_subparsers(dest="generators_action", required=True)
+    generator_actions.add_parser("list", help="versions, newest first").add_argument("--name")
+    generator_actions.add_parser("get", help="one version: lineage, aliases, FID").add_argument(
+        "ref", help="id, name:version or name@alias")
+    alias = generator_actions.add_parser("alias", help="point NAME@ALIAS at a version of NAME (or move it there)")
+    alias.add_argument("name")
+    alias.add_argument("alias")
+    alias.add_argument("version", type=int)
 
 
 def _add_follow(parser: argparse.ArgumentParser) -> None:
@@ -199,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
             from cli import datasets
 
             answer = datasets.run(args, os.environ)
+        elif args.command == "generators":
+            answer = _run_generators(args)
         else:
             answer = _run_jobs(args)
     except ClientError as error:
@@ -213,11 +235,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_generators(args: argparse.Namespace) -> Any:
+    quote = urllib.parse.quote
+    if args.generators_action == "list":
+        return request("GET", "/v1/generators" + (f"?name={quote(args.name)}" if args.name else ""))
+    if args.generators_action == "get":
+        return request("GET", f"/v1/generators/{quote(args.ref, safe=':@')}")
+    return request("PUT", f"/v1/generators/{quote(args.name)}/aliases/{quote(args.alias)}",
+                   {"version": args.version})
+
+
 def _run_jobs(args: argparse.Namespace) -> Any:
     action = args.jobs_action
     if action == "list":
         query = "&".join(f"{name}={value}" for name, value in (("status", args.status), ("type", args.type),
-                                                               ("limit", args.limit)) if value)
+                                                               ("limit", args.limit), ("sort", args.sort)) if value)
         return request("GET", f"/v1/jobs?{query}")
     if action == "get":
         return request("GET", f"/v1/jobs/{args.job_id}")
@@ -238,9 +270,17 @@ def _run_jobs(args: argparse.Namespace) -> Any:
         body = {"dataset": args.dataset, "config": parse_config(args.config)}
         if args.max_runtime is not None:
             body["max_runtime_seconds"] = args.max_runtime
+        if args.name is not None:
+            body["name"] = args.name
         job = request("POST", "/v1/jobs/train", body)
         return _follow_submitted(job) if args.follow else job
-    body = {"generator_job": args.generator_job, "seeds": args.seeds}  # a GenerateJobRequest
+    if action == "evaluate":
+        body = {"generator": args.generator, "dataset": args.dataset}  # an EvaluateJobRequest
+        body.update({name: value for name, value in (("num", args.num), ("net", args.net)) if value is not None})
+        job = request("POST", "/v1/jobs/evaluate", body)
+        return _follow_submitted(job) if args.follow else job
+    source = {"generator_job": args.generator_job} if args.generator_job else {"generator": args.generator}
+    body = {**source, "seeds": args.seeds}  # a GenerateJobRequest
     body.update({name: value for name, value in (("nrow", args.nrow), ("truncation", args.truncation))
                  if value is not None})
     job = request("POST", "/v1/jobs/generate", body)

@@ -269,7 +269,7 @@ class JobEvent(Base):
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     at: Mapped[datetime] = mapped_column(default=utcnow)
     # queued, claimed, resumed, started, resumed_from_step, succeeded, failed, cancel_requested, cancelled,
-    # requeued, lease_expired, log (the timeline); progress, sample, checkpoint, completed (the stream only)
+    # requeued, lease_expired, log, best (the timeline); progress, sample, checkpoint, completed (the stream only)
     kind: Mapped[str] = mapped_column(String(32))
     attempt: Mapped[int]
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -138,6 +138,21 @@ def metric_points(session: Session, job_id: uuid.UUID) -> list[MetricPoint]:
     return list(session.scalars(select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.step)))
 
 
+def record_best(session: Session, job_id: uuid.UUID, attempt: int, step: int, fid: float, kid: float | None) -> bool:
+    """Note the job's new best evaluated generator (its artifact is already recorded) and say so on its
+    timeline, if `attempt` still holds the job."""
+    now = utcnow()
+    if not _fenced_update(session, job_id, attempt, best_step=step, best_fid=fid, best_kid=kid, updated_at=now):
+        return False
+    _event(session, job_id, "best", attempt, now, {"step": step, "fid": fid, "kid": kid})
+    return True
+
+
+def record_result(session: Session, job_id: uuid.UUID, attempt: int, result: dict[str, Any]) -> bool:
+    """Keep an evaluate job's result document on its row, if `attempt` still holds the job."""
+    return _fenced_update(session, job_id, attempt, result=result, updated_at=utcnow())
+
+
 def set_checkpoint(session: Session, job_id: uuid.UUID, attempt: int, key: str, step: int) -> bool:
     """Point the job at a checkpoint that is fully written; a reclaimed job resumes from it.
 
@@ -363,10 +378,12 @@ def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job | 
 
 
 def list_jobs(session: Session, tenant_id: uuid.UUID, status: str | None = None, type: str | None = None,
-              limit: int = 50, cursor: str | None = None) -> tuple[list[Job], str | None]:
+              limit: int = 50, cursor: str | None = None, sort: str = "newest") -> tuple[list[Job], str | None]:
     """One page of the tenant's jobs, newest first, and the cursor of the next page (None on the last).
 
-    Keyset pagination on (created_at, id): pages stay consistent while jobs are being created.
+    Keyset pagination on (created_at, id): pages stay consistent while jobs are being created. `sort=
+    "best_fid"` ranks the jobs that have an evaluated best generator, lowest FID first (keyset on
+    (best_fid, id)); jobs without one are not in that ranking.
     """
     if limit < 1:
         raise ValueError(f"limit: must be positive, got {limit}")
@@ -375,6 +392,10 @@ def list_jobs(session: Session, tenant_id: uuid.UUID, status: str | None = None,
         query = query.where(Job.status == status)
     if type is not None:
         query = query.where(Job.type == type)
+    if sort == "best_fid":
+        return _ranked_by_fid(session, query, limit, cursor)
+    if sort != "newest":
+        raise ValueError(f"sort: newest or best_fid, got {sort!r}")
     if cursor is not None:
         created_at, last_id = decode_cursor(cursor)
         query = query.where(tuple_(Job.created_at, Job.id) < tuple_(literal(created_at, UTCDateTime()),
@@ -385,6 +406,31 @@ def list_jobs(session: Session, tenant_id: uuid.UUID, status: str | None = None,
         return jobs, None
     jobs = jobs[:limit]
     return jobs, encode_cursor(jobs[-1].created_at, jobs[-1].id)
+
+
+def _ranked_by_fid(session: Session, query, limit: int, cursor: str | None) -> tuple[list[Job], str | None]:
+    query = query.where(Job.best_fid.is_not(None))
+    if cursor is not None:
+        fid, last_id = _decode_fid_cursor(cursor)
+        query = query.where(tuple_(Job.best_fid, Job.id) > tuple_(literal(fid, Job.best_fid.type),
+                                                                  literal(last_id, Job.id.type)))
+    query = query.order_by(Job.best_fid, Job.id).limit(limit + 1)
+    jobs = list(session.scalars(query.execution_options(populate_existing=True)))
+    if len(jobs) <= limit:
+        return jobs, None
+    jobs = jobs[:limit]
+    raw = f"fid|{jobs[-1].best_fid.hex()}|{jobs[-1].id}"
+    return jobs, base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_fid_cursor(cursor: str) -> tuple[float, uuid.UUID]:
+    try:
+        kind, fid, job_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|")
+        if kind != "fid":
+            raise ValueError(kind)
+        return float.fromhex(fid), uuid.UUID(job_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
+        raise BadCursor(f"cursor: not a cursor from a previous page sorted by best_fid: {cursor!r}") from None
 
 
 def list_artifacts(session: Session, job_id: uuid.UUID) -> list[Artifact]:

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.db import Generator, GeneratorAlias, upsert_insert, utcnow
+from core.db import Artifact, Generator, GeneratorAlias, Job, upsert_insert, utcnow
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 ALIAS_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
@@ -143,7 +143,48 @@ def aliases_by_generator(session: Session, generator_ids: list[uuid.UUID]) -> di
     return found
 
 
+def of_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> list[Generator]:
+    """The versions a training job registered, in version order."""
+    return list(session.scalars(select(Generator).where(Generator.tenant_id == tenant_id, Generator.job_id == job_id)
+                                .order_by(Generator.version)))
+
+
 def versions_of(session: Session, tenant_id: uuid.UUID, name: str) -> list[Generator]:
     """Every version of the tenant's `name`, newest first."""
     return list(session.scalars(select(Generator).where(Generator.tenant_id == tenant_id, Generator.name == name)
                                 .order_by(Generator.version.desc())))
+
+
+def default_name(dataset_reference: str, dataset_display_name: str | None = None) -> str:
+    """A training job's registry name when its request gives none: the dataset's name (`builtin:digits` ->
+    `digits`; an uploaded dataset's display name without its archive suffix)."""
+    if dataset_reference.startswith("builtin:"):
+        return registry_name(dataset_reference.removeprefix("builtin:"))
+    stem = re.sub(r"(\.tar\.gz|\.tgz|\.tar|\.zip)$", "", dataset_display_name or "", flags=re.IGNORECASE)
+    return registry_name(stem, "dataset")
+
+
+def register_job_generators(session: Session, job: Job, dataset_sha256: str | None,
+                            final_scores: dict[str, Any] | None) -> list[Generator]:
+    """Register a succeeded training job's final generator, and its best one when that is another step, as
+    the next versions of the job's name. Called in the transaction that marks the job succeeded."""
+    name = job.request.get("name") or default_name(job.request.get("dataset", ""))
+    artifacts = {a.key.rsplit("/", 1)[-1]: a for a in session.scalars(select(Artifact).where(
+        Artifact.job_id == job.id, Artifact.name.in_(("generator.safetensors", "best-generator.safetensors"))))}
+    lineage = dict(tenant_id=job.tenant_id, job_id=job.id, config=job.config, dataset=job.request.get("dataset"),
+                   dataset_sha256=dataset_sha256)
+    registered = []
+    final = artifacts.get("generator.safetensors")
+    if final is not None:
+        scores = final_scores or {}
+        if job.best_step is not None and job.best_step == final.step:
+            scores = {"fid": job.best_fid, "kid": job.best_kid}
+        registered.append(register(session, name=name, source="final", step=final.step, storage_key=final.key,
+                                   size_bytes=final.size, sha256=final.sha256, fid=scores.get("fid"),
+                                   kid=scores.get("kid"), **lineage))
+    best = artifacts.get("best-generator.safetensors")
+    if best is not None and job.best_step is not None and (final is None or job.best_step != final.step):
+        registered.append(register(session, name=name, source="best", step=job.best_step, storage_key=best.key,
+                                   size_bytes=best.size, sha256=best.sha256, fid=job.best_fid, kid=job.best_kid,
+                                   **lineage))
+    return registered

@@ -16,13 +16,14 @@ import json
 import uuid
 from typing import Annotated, Any, ClassVar, Literal, Mapping, Protocol, TypeVar
 
-from pydantic import (BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError, ValidationInfo,
-                      WithJsonSchema, field_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError,
+                      ValidationInfo, WithJsonSchema, field_validator)
 from pydantic_core import PydanticCustomError
 
+from core import registry
 from core.gan import catalog
 from core.gan.catalog import BUILTIN_DATASETS, BUILTIN_PREFIX
-from core.gan.config import ConfigError, TrainConfig
+from core.gan.config import EVAL_NETS, ConfigError, TrainConfig
 from core.gan.seeds import (DEFAULT_TRUNCATION, MAX_SEED, MAX_SEEDS, TRUNCATION_MAX, SampleError,
                             parse_seeds)
 from core.job_states import JobStatus, JobType
@@ -34,6 +35,9 @@ MAX_LIST_LIMIT = 200
 # The most points one metrics answer may ask for: enough for any chart, small enough for one response.
 MAX_METRIC_POINTS = 10_000
 MAX_STEP = 9_999_999  # artifact keys carry seven digits of step
+# Evaluate jobs: the default is core.gan.metrics.DEFAULT_NUM_SAMPLES (`dcgan eval`'s), the ceiling bounds the work.
+DEFAULT_EVAL_SAMPLES = 2000
+MAX_EVAL_SAMPLES = 50_000
 # Names longer than this are cut to it (uploads' display names).
 MAX_NAME_LENGTH = 200
 # Errors raised by this module's own checks: their message is already the one to show.
@@ -165,31 +169,58 @@ def parse_id(value: str) -> uuid.UUID | None:
         return None
 
 
+def _registry_name(value: Any) -> str:
+    if not isinstance(value, str) or not registry.NAME_RE.fullmatch(value):
+        raise _refuse("registry_name", f"must be {registry.NAME_RULE}")
+    return value
+
+
+# A name in the generator registry (core.registry): what `name:version` and `name@alias` start with.
+RegistryName = Annotated[str, PlainValidator(_registry_name),
+                         WithJsonSchema({"type": "string", "pattern": registry.NAME_RE.pattern,
+                                         "description": f"a generator registry name: {registry.NAME_RULE}"})]
+def _known_dataset(value: str, info: ValidationInfo) -> str:
+    if value.startswith(BUILTIN_PREFIX):
+        if (problem := _unknown_builtin(value)) is not None:
+            raise _refuse("unknown_builtin", problem)
+    elif (lookups := _lookups(info)) is not None and lookups.dataset(value) is None:
+        raise _refuse("not_found", f"no dataset {value[:100]!r}")
+    return value
+
+
+def _known_generator(value: str, info: ValidationInfo) -> str:
+    lookups = _lookups(info)
+    if registry.parse_ref(value) is None or (lookups is not None and lookups.generator(value) is None):
+        raise _refuse("not_found", f"no generator {value[:200]!r} (give an id, name:version or name@alias)")
+    return value
+
+
+# A generator reference: an id, name:version or name@alias, of the request's tenant.
+GeneratorRef = Annotated[str, Field(min_length=1, max_length=200, examples=["digits@champion", "digits:3"],
+                                    description="a generator: its id, name:version or name@alias"),
+                         AfterValidator(_known_generator)]
+# A dataset: an uploaded dataset's id (of the request's tenant) or a builtin.
+DatasetRef = Annotated[str, Field(min_length=1, description=f"a dataset id or one of {', '.join(BUILTIN_DATASETS)}"),
+                       AfterValidator(_known_dataset)]
+
+
 # ----- jobs -----
 
 class TrainJobRequest(RequestModel):
     """POST /v1/jobs/train: train a DCGAN on a dataset."""
 
-    dataset: Annotated[str, Field(min_length=1, description=f"a dataset id or one of {', '.join(BUILTIN_DATASETS)}")]
+    dataset: DatasetRef
     config: TrainConfigField
     max_runtime_seconds: Annotated[int, Field(
         ge=1, json_schema_extra=_without_default,
         description="this job's runtime limit, counted from its first start across attempts; at most (and by "
                     "default) the server's DCGAN_MAX_JOB_SECONDS. Past it the job writes a final checkpoint and "
                     "ends failed with error type timeout")] = None
+    name: Annotated[RegistryName, Field(json_schema_extra=_without_default, description=(
+        "the registry name its final and best generators get versions of (default: the dataset's name)"))] = None
 
     messages = {"dataset": f"must be a dataset id or a {BUILTIN_PREFIX}<name>",
                 "max_runtime_seconds": "must be an integer from 1 to {max_runtime_seconds} (the server's limit)"}
-
-    @field_validator("dataset")
-    @classmethod
-    def _known_dataset(cls, value: str, info: ValidationInfo) -> str:
-        if value.startswith(BUILTIN_PREFIX):
-            if (problem := _unknown_builtin(value)) is not None:
-                raise _refuse("unknown_builtin", problem)
-        elif (lookups := _lookups(info)) is not None and lookups.dataset(value) is None:
-            raise _refuse("not_found", f"no dataset {value[:100]!r}")
-        return value
 
     @field_validator("max_runtime_seconds")
     @classmethod
@@ -198,10 +229,10 @@ class TrainJobRequest(RequestModel):
             raise _refuse("over_limit", cls.messages["max_runtime_seconds"].format(max_runtime_seconds=limit))
         return value
 
-    def stored(self) -> dict[str, Any]:
+    def stored(self, default_name: str) -> dict[str, Any]:
         """What the job row keeps as its request (the config has a column of its own)."""
         limit = {"max_runtime_seconds": self.max_runtime_seconds} if self.max_runtime_seconds is not None else {}
-        return {"dataset": self.dataset, **limit}
+        return {"dataset": self.dataset, "name": self.name or default_name, **limit}
 
 
 def _unknown_builtin(reference: str) -> str | None:
@@ -228,8 +259,7 @@ class GenerateJobRequest(RequestModel):
 
     generator_job: Annotated[IdField, Field(description="a succeeded train job",
                                             json_schema_extra=_optional_id)] = None
-    generator: Annotated[IdField, Field(description="an uploaded generator (POST /v1/generators)",
-                                        json_schema_extra=_optional_id)] = None
+    generator: Annotated[GeneratorRef, Field(json_schema_extra=_without_default)] = None
     seeds: Annotated[list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | str, Field(
         max_length=MAX_SEEDS, examples=["0-63"],
         description=f"seeds as a list, or ranges like \"0-63\" or \"1,5,9-12\"; at most {MAX_SEEDS}")]
@@ -267,16 +297,10 @@ class GenerateJobRequest(RequestModel):
             raise _refuse("not_succeeded", f"training job is {job.status}, not succeeded")
         return str(job_id)
 
-    @field_validator("generator")
-    @classmethod
-    def _visible_generator(cls, value: str, info: ValidationInfo) -> str:
-        generator_id, lookups = parse_id(value), _lookups(info)
-        if generator_id is None or (lookups is not None and lookups.generator(value) is None):
-            raise _refuse("not_found", f"no generator {value[:100]!r}")
-        return str(generator_id)
-
-    def stored(self) -> dict[str, Any]:
-        source = {"generator_job": self.generator_job} if self.generator_job else {"generator": self.generator}
+    def stored(self, generator_id: uuid.UUID | None = None) -> dict[str, Any]:
+        """The request as the job keeps it; a reference is kept with the version it named at submission."""
+        source = {"generator_job": self.generator_job} if self.generator_job else \
+            {"generator": self.generator, "generator_id": str(generator_id)}
         return {**source, "seeds": self.seeds, "truncation": self.truncation, "nrow": self.nrow}
 
     @classmethod
@@ -286,6 +310,24 @@ class GenerateJobRequest(RequestModel):
             return validate(cls, document)
         except RequestInvalid as exc:
             raise SampleError(str(exc)) from None
+
+
+class EvaluateJobRequest(RequestModel):
+    """POST /v1/jobs/evaluate: FID, KID (and IS where the network has logits) of a generator on a dataset."""
+
+    generator: GeneratorRef
+    dataset: DatasetRef
+    num: Annotated[int, Field(ge=2, le=MAX_EVAL_SAMPLES, description="generated samples (seeds 0..num-1)")] = \
+        DEFAULT_EVAL_SAMPLES
+    net: Literal[EVAL_NETS] = Field("auto", description="feature network: auto = the dataset's own classifier "  # type: ignore[valid-type]
+                                                        "for digits and fashion-mnist, Inception otherwise")
+
+    messages = {"dataset": TrainJobRequest.messages["dataset"], "num": f"an integer from 2 to {MAX_EVAL_SAMPLES}",
+                "net": f"one of {', '.join(EVAL_NETS)}"}
+
+    def stored(self, generator_id: uuid.UUID) -> dict[str, Any]:
+        return {"generator": self.generator, "generator_id": str(generator_id), "dataset": self.dataset,
+                "num": self.num, "net": self.net}
 
 
 # ----- queries -----
@@ -301,9 +343,11 @@ class JobListQuery(RequestModel):
     limit: Annotated[int, Field(ge=1, le=MAX_LIST_LIMIT)] = 50
     cursor: Annotated[str, Field(description="next_cursor of the previous page",
                                  json_schema_extra=_without_default)] = None
+    sort: Literal["newest", "best_fid"] = Field("newest", description=(
+        "newest first, or best_fid: the jobs with an evaluated best generator, lowest FID first"))
 
     messages = {"status": f"one of {', '.join(JobStatus)}", "type": f"one of {', '.join(JobType)}",
-                "limit": f"an integer from 1 to {MAX_LIST_LIMIT}"}
+                "limit": f"an integer from 1 to {MAX_LIST_LIMIT}", "sort": "newest or best_fid"}
 
 
 class GridQuery(RequestModel):
@@ -386,6 +430,26 @@ def _generator_config(value: Any) -> TrainConfig:
     return _train_config(document)
 
 
+class AliasRequest(RequestModel):
+    """PUT /v1/generators/<name>/aliases/<alias>: the version of <name> the alias points at."""
+
+    version: Annotated[int, Field(ge=1, le=registry.MAX_VERSION)]
+
+    messages = {"version": "a version number of this name (1, 2, ...)"}
+
+
+class GeneratorListQuery(RequestModel):
+    """GET /v1/generators: the tenant's generator versions, newest first."""
+
+    model_config = ConfigDict(strict=False, extra="ignore")
+
+    name: Annotated[str, Field(max_length=200, json_schema_extra=_without_default,
+                               description="only the versions of this name")] = None
+    limit: Annotated[int, Field(ge=1, le=MAX_LIST_LIMIT)] = MAX_LIST_LIMIT
+
+    messages = {"limit": f"an integer from 1 to {MAX_LIST_LIMIT}"}
+
+
 class DatasetUpload(RequestModel):
     """POST /v1/datasets: an archive of images to train on."""
 
@@ -402,7 +466,9 @@ class GeneratorUpload(RequestModel):
     config: Annotated[TrainConfig, PlainValidator(_generator_config), PlainSerializer(TrainConfig.to_dict),
                       WithJsonSchema({"type": "string", "contentMediaType": "application/json",
                                       "description": "a TrainConfig as JSON; steps optional"})]
-    name: UploadName = None
+    name: Annotated[RegistryName, Field(json_schema_extra=_without_default, description=(
+        "the registry name this upload becomes the next version of (default: the file's name without "
+        ".safetensors, made a valid name)"))] = None
 
     messages = {"file:missing": "required: the generator's weights as a .safetensors file",
                 "config:missing": "required: the generator's config as a JSON object"}

@@ -1,5 +1,5 @@
 """Downloads by job id: the artifact list, the latest (or a given step's) grid, the sample grids written so
-far, the exported generator.
+far, the exported generator and the best evaluated one.
 
 Only artifacts the job's row records are served (an object in storage that no attempt recorded does not
 exist to users). Bytes stream from a LocalStore; with S3 the answer is a 302 to a short-lived presigned URL,
@@ -16,7 +16,7 @@ from sqlalchemy import select
 from core import jobs
 from core.db import Artifact
 from core.request_models import MAX_STEP, GridQuery
-from core.storage import ObjectNotFound, generator_key, grid_key, sample_key
+from core.storage import ObjectNotFound, best_generator_key, generator_key, grid_key, sample_key
 
 from .jobs import job_or_404
 from .openapi import BINARY, REDIRECT, operation
@@ -85,6 +85,15 @@ def sample(job_id: str, step: int):
 def generator(job_id: str):
     job = job_or_404(job_id)
     return _send(_recorded(job.id, generator_key(job.tenant_id, job.id), f"job {job_id} has no exported generator yet"))
+
+
+@bp.get("/<job_id>/best-generator")
+@operation("the generator at the job's evaluated step with the lowest FID (config eval_every), as .safetensors",
+           {200: BINARY, 302: REDIRECT})
+def best_generator(job_id: str):
+    job = job_or_404(job_id)
+    return _send(_recorded(job.id, best_generator_key(job.tenant_id, job.id),
+                           f"job {job_id} has no best generator (it needs eval_every, and one evaluation)"))
 
 
 def _recorded(job_id: uuid.UUID, key: str, missing: str) -> Artifact:

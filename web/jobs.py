@@ -1,4 +1,4 @@
-"""/v1/jobs: submit training and generation jobs, poll them, list, cancel, and read their timeline.
+"""/v1/jobs: submit training, generation and evaluation jobs, poll them, list, cancel, and read their timeline.
 
 A job row is committed before its task is published (the worker must find it), and the response is built
 from the row: the database, not Celery, is the truth about a job. If the broker is down the job stays
@@ -15,11 +15,12 @@ from typing import Any
 from flask import Blueprint, current_app, request, url_for
 from sqlalchemy import func, select
 
-from core import jobs
+from core import jobs, registry
 from core.db import Job, JobStatus, JobType
 from core.queue import publish
 from core.gan.config import LOG_EVERY_STEPS
-from core.request_models import BUILTIN_PREFIX, GenerateJobRequest, JobListQuery, MetricsQuery, TrainJobRequest
+from core.request_models import (BUILTIN_PREFIX, EvaluateJobRequest, GenerateJobRequest, JobListQuery, MetricsQuery,
+                                 TrainJobRequest)
 
 from .idempotency import commit_created, idempotency_key, idempotent
 from .openapi import JOB, operation
@@ -45,17 +46,18 @@ def job_or_404(job_id: str) -> Job:
 
 def job_json(job: Job) -> dict[str, Any]:
     progress = dict(job.progress or {})
+    best = {"step": job.best_step, "fid": job.best_fid, "kid": job.best_kid} if job.best_step is not None else None
     return {
         "id": str(job.id), "type": job.type, "status": job.status, "attempt": job.attempt,
         "max_attempts": job.max_attempts, "config": job.config, "request": job.request, "progress": progress,
-        "cancel_requested": job.cancel_requested,
+        "best": best, "result": job.result, "cancel_requested": job.cancel_requested,
         "error": {"type": job.error_type, "detail": job.error_detail} if job.error_type else None,
         "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at), "updated_at": _iso(job.updated_at),
         "links": {**{name: url_for(f"jobs.{name}", job_id=str(job.id))
                      for name in ("get", "events", "cancel", "metrics")},
                   **{name: url_for(f"artifacts.{name}", job_id=str(job.id))
-                     for name in ("grid", "generator", "samples")},
+                     for name in ("grid", "generator", "samples", "best_generator")},
                   "stream": url_for("stream.stream", job_id=str(job.id)),
                   "artifacts": url_for("artifacts.list_", job_id=str(job.id))},
     }
@@ -99,7 +101,8 @@ def create_train():
     submitted = validated(TrainJobRequest, json_body(request), lookups=lookups,
                           max_runtime_seconds=current_app.config["SETTINGS"].max_job_seconds)
     dataset = None if submitted.dataset.startswith(BUILTIN_PREFIX) else lookups.dataset(submitted.dataset)
-    job = jobs.create_job(db(), tenant_id(), JobType.TRAIN, submitted.config.to_dict(), submitted.stored(),
+    name = registry.default_name(submitted.dataset, dataset.name if dataset is not None else None)
+    job = jobs.create_job(db(), tenant_id(), JobType.TRAIN, submitted.config.to_dict(), submitted.stored(name),
                           dataset_id=dataset.id if dataset is not None else None, max_attempts=_max_attempts())
     return _accepted(job)
 
@@ -116,9 +119,9 @@ def create_generate():
     lookups = TenantLookups()
     submitted = validated(GenerateJobRequest, json_body(request), lookups=lookups)
     if submitted.generator is not None:
-        uploaded = lookups.generator(submitted.generator)
-        job = jobs.create_job(db(), tenant_id(), JobType.GENERATE, uploaded.config, submitted.stored(),
-                              generator_id=uploaded.id, max_attempts=_max_attempts())
+        version = lookups.generator(submitted.generator)
+        job = jobs.create_job(db(), tenant_id(), JobType.GENERATE, version.config, submitted.stored(version.id),
+                              generator_id=version.id, max_attempts=_max_attempts())
     else:
         parent = lookups.train_job(submitted.generator_job)
         job = jobs.create_job(db(), parent.tenant_id, JobType.GENERATE, parent.config, submitted.stored(),
@@ -126,10 +129,33 @@ def create_generate():
     return _accepted(job)
 
 
+@bp.post("/evaluate")
+@operation("score a generator (id, name:version or name@alias) on a dataset: FID, KID, and IS where the network "
+           "has logits; runs on a low-priority queue of its own", {202: JOB}, body=EvaluateJobRequest)
+@idempotent
+def create_evaluate():
+    lookups = TenantLookups()
+    submitted = validated(EvaluateJobRequest, json_body(request), lookups=lookups)
+    version = lookups.generator(submitted.generator)
+    dataset = None if submitted.dataset.startswith(BUILTIN_PREFIX) else lookups.dataset(submitted.dataset)
+    job = jobs.create_job(db(), tenant_id(), JobType.EVALUATE, version.config, submitted.stored(version.id),
+                          generator_id=version.id, dataset_id=dataset.id if dataset is not None else None,
+                          max_attempts=_max_attempts())
+    return _accepted(job)
+
+
 @bp.get("/<job_id>")
-@operation("status and progress", {200: JOB})
+@operation("status and progress; a succeeded training job also lists the generator versions it registered",
+           {200: JOB})
 def get(job_id: str):
-    return job_json(job_or_404(job_id))
+    job = job_or_404(job_id)
+    body = job_json(job)
+    if job.type == JobType.TRAIN and job.status == JobStatus.SUCCEEDED:
+        body["generators"] = [{"id": str(row.id), "ref": f"{row.name}:{row.version}", "source": row.source,
+                               "step": row.step, "fid": row.fid,
+                               "links": {"self": url_for("generators.get", ref=str(row.id))}}
+                              for row in registry.of_job(db(), job.tenant_id, job.id)]
+    return body
 
 
 @bp.get("")
@@ -138,7 +164,7 @@ def list_():
     query = validated(JobListQuery, query_input(request))
     try:
         found, cursor = jobs.list_jobs(db(), tenant_id(), status=query.status, type=query.type, limit=query.limit,
-                                       cursor=query.cursor)
+                                       cursor=query.cursor, sort=query.sort)
     except jobs.BadCursor:
         raise validation_problem([{"field": "cursor", "message": "not a cursor this API returned"}]) from None
     return {"jobs": [job_json(job) for job in found], "next_cursor": cursor}

@@ -13,6 +13,7 @@ from typing import Any, Mapping, TypeVar
 
 from flask import Request
 
+from core import registry
 from core.archives import ArchiveError
 from core.db import Dataset, Generator, Job
 from core.request_models import (MAX_NAME_LENGTH, RequestInvalid, RequestModel, parse_id, validate,
@@ -20,6 +21,7 @@ from core.request_models import (MAX_NAME_LENGTH, RequestInvalid, RequestModel, 
 from core.weights import WeightsError
 
 from .problems import Problem, validation_problem
+from .resources import db
 from .tenancy import get_by_id, tenant_id
 
 M = TypeVar("M", bound=RequestModel)
@@ -48,7 +50,10 @@ class TenantLookups:
         return self._get(Job, ref)
 
     def generator(self, ref: str) -> Generator | None:
-        return self._get(Generator, ref)
+        """A registry reference: an id, name:version or name@alias (core.registry), resolved once."""
+        if ("ref", ref) not in self._found:
+            self._found["ref", ref] = registry.resolve(db(), tenant_id(), ref)
+        return self._found["ref", ref]
 
 
 def validated(model: type[M], data: Any, errors: list[dict[str, str]] | None = None, **context: Any) -> M:

@@ -40,23 +40,26 @@ from celery import Celery, shared_task
 from celery.signals import worker_shutting_down
 from celery.utils.log import get_task_logger
 
-from core import jobs
-from core.db import Artifact, Generator, JobStatus, JobType, make_engine, make_session_factory
+from sqlalchemy.orm import Session
+
+from core import jobs, registry
+from core.db import Artifact, Job, JobStatus, JobType, make_engine, make_session_factory
 from core.error_text import described, first_line
 from core.gan.checkpoint import CheckpointError
 from core.gan.config import TrainConfig
-from core.gan.data import IMAGE_SUFFIXES, DataError, ImageSet, load_images
 from core.gan.errors import GanError
 from core.gan.sample import Sampler, SampleError, grid_image, png_bytes
 from core.gan.train import Callbacks, Progress, train
-from core.queue import GENERATE, REAP, TRAIN
-from core.request_models import GenerateJobRequest, parse_dataset_reference
+from core.queue import EVALUATE, GENERATE, REAP, TRAIN
+from core.request_models import GenerateJobRequest
 from core.reaper import reap_once
 from core.settings import Settings
-from core.storage import ObjectNotFound, checkpoint_key, dataset_prefix, generator_key, grid_key, open_store, sample_key
-from core.weights import check_generator_file
+from core.storage import (ObjectNotFound, best_generator_key, checkpoint_key, generator_key, grid_key,
+                          open_store, sample_key)
 
 from worker.attempt import Attempt, Context, FencedOut, StorageUnavailable
+from worker.evaluation import run_evaluation
+from worker.loading import load_dataset, load_version
 
 log = get_task_logger(__name__)
 
@@ -65,8 +68,10 @@ log = get_task_logger(__name__)
 SYNC_SECONDS = 1.0
 # Seeds rendered between two heartbeats of a generate job.
 GENERATE_CHUNK = 1024
-# What each logged step keeps in the job's metrics history (GET /v1/jobs/<id>/metrics).
+# What each logged step keeps in the job's metrics history (GET /v1/jobs/<id>/metrics); an evaluated step
+# (config eval_every) adds EVAL_NAMES.
 METRIC_NAMES = ("loss_d", "loss_g", "d_real", "d_fake", "images_per_second")
+EVAL_NAMES = ("fid", "kid", "eval_seconds")
 
 
 # Set when the worker begins a warm shutdown (SIGTERM, a deploy): the running job checkpoints, releases
@@ -105,6 +110,11 @@ def train_task(self, job_id: str) -> None:
 @shared_task(name=GENERATE.name, bind=True)
 def generate_task(self, job_id: str) -> None:
     _run_job(self.app, job_id, JobType.GENERATE, _generate)
+
+
+@shared_task(name=EVALUATE.name, bind=True)
+def evaluate_task(self, job_id: str) -> None:
+    _run_job(self.app, job_id, JobType.EVALUATE, run_evaluation)
 
 
 @shared_task(name=REAP.name, bind=True)
@@ -189,11 +199,12 @@ class _TrainHooks:
 
     def callbacks(self) -> Callbacks:
         return Callbacks(on_progress=self.on_progress, should_stop=self.should_stop,
-                         on_checkpoint=self.on_checkpoint, on_sample=self.on_sample)
+                         on_checkpoint=self.on_checkpoint, on_sample=self.on_sample, on_best=self.on_best)
 
     def on_progress(self, progress: Progress) -> None:
         if not self._points or self._points[-1][0] != progress.step:  # a stop re-reports its last step
-            self._points.append((progress.step, {name: getattr(progress, name) for name in METRIC_NAMES}))
+            names = METRIC_NAMES + (EVAL_NAMES if progress.fid is not None else ())
+            self._points.append((progress.step, {name: getattr(progress, name) for name in names}))
         now = time.monotonic()
         if now - self._last_progress < SYNC_SECONDS and progress.step < progress.total_steps:
             self._unwritten = progress
@@ -238,6 +249,11 @@ class _TrainHooks:
         self.run.upload(grid_key(self.run.tenant_id, self.run.job_id), path, step)
         self.run.write(jobs.record_event, "sample", {"step": step})
 
+    def on_best(self, path: Path, best: dict[str, Any]) -> None:
+        # The artifact first: a job row never names a best step whose generator is not in the store.
+        self.run.upload(best_generator_key(self.run.tenant_id, self.run.job_id), path, best["step"])
+        self.run.write(jobs.record_best, best["step"], best["fid"], best["kid"])
+
     def on_checkpoint(self, path: Path, step: int) -> None:
         key = checkpoint_key(self.run.tenant_id, self.run.job_id, step)
         self.run.upload(key, path, step)
@@ -253,7 +269,8 @@ def _train(run: Attempt) -> None:
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="dcgan-train-") as tmp:
         tmp_dir = Path(tmp)
-        data = _load_dataset(run, job.request.get("dataset"), config, tmp_dir / "dataset")
+        data = load_dataset(run, job.request.get("dataset"), config.img_size, config.img_channels,
+                            tmp_dir / "dataset")
         run.heartbeat()
         # Newest valid checkpoint first; a missing, altered or unloadable one falls back to the one before,
         # and the last resort is step 0 (None).
@@ -265,7 +282,8 @@ def _train(run: Attempt) -> None:
                 continue
             hooks = _TrainHooks(run, notes, candidate)
             try:
-                result = train(config, data, tmp_dir / "run", resume_from=path, callbacks=hooks.callbacks())
+                result = train(config, data, tmp_dir / "run", resume_from=path, callbacks=hooks.callbacks(),
+                               cache_dir=run.context.settings.data_dir / "cache" / "metrics", best=_best_of(job))
                 break
             except CheckpointError as exc:
                 if path is None or hooks.started:
@@ -279,7 +297,7 @@ def _train(run: Attempt) -> None:
         run.upload(generator_key(run.tenant_id, run.job_id), result.generator_path, result.step)
         run.upload(grid_key(run.tenant_id, run.job_id), result.grid_path, result.step)
     if not result.stopped:
-        run.finish(JobStatus.SUCCEEDED)
+        run.write(_succeed_and_register, data.source_hash, result.final_scores)
     elif hooks.stop_reason == "cancel":
         run.finish(JobStatus.CANCELLED)
     elif hooks.stop_reason == "timeout":
@@ -291,25 +309,21 @@ def _train(run: Attempt) -> None:
         raise FencedOut(f"job {run.job_id}: stopped because attempt {run.attempt} no longer holds it")
 
 
-def _load_dataset(run: Attempt, reference: Any, config: TrainConfig, folder: Path) -> ImageSet:
-    """`builtin:<name>`, or a dataset id whose images are downloaded from the store into `folder`."""
-    cache_dir = run.context.settings.data_dir / "cache" / "datasets"
-    if not isinstance(reference, str) or not reference:
-        raise DataError("dataset: the job names no dataset")
-    parsed = parse_dataset_reference(reference)  # DataError for an unknown builtin or a malformed id
-    if isinstance(parsed, str):  # a builtin: the catalog's name
-        return load_images(parsed, config.img_size, config.img_channels, cache_dir=cache_dir)
-    dataset_id = parsed
-    prefix = dataset_prefix(run.tenant_id, dataset_id)
-    keys = [key for key in run.store.list(prefix) if key.lower().endswith(IMAGE_SUFFIXES)]
-    if not keys:
-        raise DataError(f"dataset {dataset_id}: no images in the artifact store")
-    for key in keys:
-        target = folder / key[len(prefix):]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        run.store.get_file(key, target)
-        run.heartbeat()
-    return load_images(f"folder:{folder}", config.img_size, config.img_channels, cache_dir=cache_dir)
+def _best_of(job: Job) -> dict[str, Any] | None:
+    """The best evaluated generator an earlier attempt recorded: a resumed job keeps its best so far."""
+    if job.best_step is None:
+        return None
+    return {"step": job.best_step, "fid": job.best_fid, "kid": job.best_kid}
+
+
+def _succeed_and_register(session: Session, job_id: uuid.UUID, attempt: int, dataset_sha256: str,
+                          final_scores: dict[str, Any] | None) -> bool:
+    """Succeed the job and register its generators in one transaction: a succeeded job always has its
+    registry versions, and a fenced-out attempt registers nothing."""
+    if not jobs.finish_job(session, job_id, attempt, JobStatus.SUCCEEDED):
+        return False
+    registry.register_job_generators(session, session.get(Job, job_id), dataset_sha256, final_scores)
+    return True
 
 
 def _note(run: Attempt, notes: list[str], message: str) -> None:
@@ -350,20 +364,7 @@ def _generate(run: Attempt) -> None:
     with tempfile.TemporaryDirectory(prefix="dcgan-generate-") as tmp:
         path = Path(tmp) / "generator.safetensors"
         if job.generator_id is not None:
-            # An uploaded generator (POST /v1/generators): checked at upload, checked again here because this
-            # process is the one that loads it, and loaded with safetensors only -- nothing is unpickled.
-            uploaded = run.session.get(Generator, job.generator_id)
-            if uploaded is None or uploaded.tenant_id != run.tenant_id:
-                raise SampleError(f"generator {job.generator_id}: no such uploaded generator")
-            try:
-                run.store.get_file(uploaded.storage_key, path)
-            except ObjectNotFound:
-                raise SampleError(f"generator {uploaded.id}: its weights are missing from the store") from None
-            checked = check_generator_file(path, uploaded.config)  # WeightsError: FAILED as weights_error
-            if checked.sha256 != uploaded.sha256:
-                raise CheckpointError(f"generator {uploaded.id}: the stored weights are not the ones uploaded "
-                                      f"(sha256 {checked.sha256}, recorded {uploaded.sha256})")
-            sampler = Sampler.from_state(TrainConfig.from_dict(uploaded.config), path, device=device)
+            sampler = load_version(run, job.generator_id, path, device)
         else:
             try:
                 run.store.get_file(generator_key(run.tenant_id, parent), path)

@@ -47,7 +47,11 @@ def test_upload_list_get_and_generate(api, redis_client):
     assert response.headers["Location"] == f"/v1/generators/{body['id']}" == body["links"]["self"]
     assert (body["name"], body["size_bytes"], body["sha256"]) == ("mine", len(data), hashlib.sha256(data).hexdigest())
     assert body["config"]["z_dim"] == 8 and body["config"]["lr"] == 2e-4  # the full validated config
-    assert api.get(f"/v1/generators/{body['id']}").json == body
+    assert (body["version"], body["ref"], body["source"], body["aliases"], body["lineage"]) == (1, "mine:1", "upload",
+                                                                                               [], None)
+    # One version read alone also lists the evaluate jobs that scored it (none yet).
+    assert api.get(f"/v1/generators/{body['id']}").json == {**body, "evaluations": []}
+    assert api.get("/v1/generators/mine:1").json["id"] == body["id"]
     assert [g["id"] for g in api.get("/v1/generators").json["generators"]] == [body["id"]]
     store = api.application.extensions["dcgan"]["store"]
     key = uploaded_generator_key(api.tenant_id, body["id"])
@@ -55,7 +59,8 @@ def test_upload_list_get_and_generate(api, redis_client):
 
     job = api.post("/v1/jobs/generate", json={"generator": body["id"], "seeds": "0-3", "nrow": 2})
     assert job.status_code == 202, job.json
-    assert job.json["request"] == {"generator": body["id"], "seeds": [0, 1, 2, 3], "truncation": 1.0, "nrow": 2}
+    assert job.json["request"] == {"generator": body["id"], "generator_id": body["id"], "seeds": [0, 1, 2, 3],
+                                   "truncation": 1.0, "nrow": 2}
     assert job.json["config"] == body["config"]
     with api.application.extensions["dcgan"]["sessions"]() as session:
         row = session.get(Job, uuid.UUID(job.json["id"]))

@@ -42,7 +42,7 @@ def test_bad_train_requests(api, redis_client):
 def test_a_train_job_may_ask_for_a_shorter_runtime_limit_than_the_servers(api):
     server_limit = api.application.config["SETTINGS"].max_job_seconds
     job = api.post("/v1/jobs/train", json={**TRAIN, "max_runtime_seconds": 90}).json
-    assert job["request"] == {"dataset": "builtin:digits", "max_runtime_seconds": 90}
+    assert job["request"] == {"dataset": "builtin:digits", "name": "digits", "max_runtime_seconds": 90}
     assert api.post("/v1/jobs/train", json={**TRAIN, "max_runtime_seconds": server_limit}).status_code == 202
     assert "max_runtime_seconds" not in api.post("/v1/jobs/train", json=TRAIN).json["request"]  # the server's
     for bad in (0, -5, server_limit + 1, 1.5, "60", True, None):

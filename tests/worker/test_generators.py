@@ -10,7 +10,7 @@ import uuid
 
 from PIL import Image
 
-from core import jobs
+from core import jobs, registry
 from core.db import Generator, Job
 from core.gan.config import TrainConfig
 from core.gan.sample import Sampler, grid_image, png_bytes
@@ -29,8 +29,8 @@ def upload_generator(session_factory, store, tenant_id, data: bytes) -> uuid.UUI
     check_generator_weights(io.BytesIO(data), CONFIG)
     stored = store.put_bytes(key, data)
     with session_factory() as session:
-        session.add(Generator(id=generator_id, tenant_id=tenant_id, name="uploaded", config=CONFIG, storage_key=key,
-                              size_bytes=stored.size, sha256=stored.sha256))
+        registry.register(session, tenant_id, "uploaded", id=generator_id, source="upload", config=CONFIG,
+                          storage_key=key, size_bytes=stored.size, sha256=stored.sha256)
         session.commit()
     return generator_id
 

@@ -8,13 +8,12 @@ two generate jobs with the same seeds give byte-identical grids.
 from __future__ import annotations
 
 import io
-import time
-import urllib.request
 import zipfile
 
 from PIL import Image
 
 from core.auth import create_key
+from tests.worker.api_client import download, wait_until_finished
 from web import create_app
 
 
@@ -31,23 +30,6 @@ def _zip_of_digits(count: int = 40) -> bytes:
     return buffer.getvalue()
 
 
-def _wait(client, job_id: str, seconds: float = 150) -> dict:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
-
-
-def _download(client, path: str) -> bytes:
-    response = client.get(path)
-    assert response.status_code == 302, response.get_data(as_text=True)
-    with urllib.request.urlopen(response.headers["Location"]) as presigned:
-        return presigned.read()
-
-
 def test_upload_train_poll_download_generate(worker, settings, session_factory):
     app = create_app(settings)
     client = app.test_client()
@@ -62,17 +44,17 @@ def test_upload_train_poll_download_generate(worker, settings, session_factory):
         "img_size": 32, "img_channels": 1, "z_dim": 8, "g_channels": 8, "d_channels": 8, "batch_size": 16,
         "steps": 20, "sample_every": 10, "checkpoint_every": 10}})
     assert submitted.status_code == 202
-    job = _wait(client, submitted.json["id"])
+    job = wait_until_finished(client, submitted.json["id"], seconds=150)
     assert job["status"] == "succeeded", job
     assert job["progress"]["step"] == 20 and job["attempt"] == 1
-    grid = _download(client, f"/v1/jobs/{job['id']}/grid")
+    grid = download(client, f"/v1/jobs/{job['id']}/grid")
     assert Image.open(io.BytesIO(grid)).size == (8 * 34 + 2, 8 * 34 + 2)
 
     grids = []
     for _ in range(2):
         generate = client.post("/v1/jobs/generate", json={"generator_job": job["id"], "seeds": [3, 1, 4, 1, 5]})
         assert generate.status_code == 202
-        assert _wait(client, generate.json["id"])["status"] == "succeeded"
-        grids.append(_download(client, f"/v1/jobs/{generate.json['id']}/grid"))
+        assert wait_until_finished(client, generate.json["id"])["status"] == "succeeded"
+        grids.append(download(client, f"/v1/jobs/{generate.json['id']}/grid"))
     assert grids[0] == grids[1] and grids[0].startswith(b"\x89PNG")
     app.extensions["dcgan"]["engine"].dispose()
