@@ -27,7 +27,7 @@ def make_celery(settings: Settings, threads: int | None = None) -> Celery:
     if not settings.redis_url:
         raise SettingsError("REDIS_URL: not set; the worker needs a Redis broker "
                             "(`dcgan up` starts one and sets it)")
-    app = Celery("dcgan", broker=settings.redis_url, include=["worker.tasks"])
+    app = Celery("dcgan", broker=settings.redis_url, include=["worker.tasks", "worker.sampling"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
