@@ -19,11 +19,12 @@ from .jobs import bp as jobs_bp
 from .pages import install as install_pages
 from .problems import register_error_handlers
 from .resources import attach, readiness_checks
+from .sampling import bp as sampling_bp
 from .stream import bp as stream_bp
 from .stream import install as install_streams
 
 # Every route the API serves; web.openapi documents exactly these.
-BLUEPRINTS = (health_bp, jobs_bp, stream_bp, artifacts_bp, datasets_bp, generators_bp)
+BLUEPRINTS = (health_bp, jobs_bp, stream_bp, artifacts_bp, datasets_bp, generators_bp, sampling_bp)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
