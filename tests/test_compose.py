@@ -17,7 +17,8 @@ def _compose() -> dict:
 
 def test_services_and_health_checks():
     services = _compose()["services"]
-    assert {"postgres", "redis", "minio", "minio-bucket", "api", "worker-gpu", "worker-cpu", "reaper"} <= set(services)
+    assert {"postgres", "redis", "minio", "minio-bucket", "api", "worker-gpu", "worker-cpu", "evaluator", "sampler",
+            "reaper"} <= set(services)
     for name in ("postgres", "redis", "minio", "api"):
         assert "healthcheck" in services[name], name
     assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
@@ -37,7 +38,7 @@ def test_platform_variables_are_the_ones_settings_reads():
     read |= set(re.findall(r'env_int\(env, "([A-Z0-9_]+)"', source))
     for name in ("DATABASE_URL", "REDIS_URL", "STORAGE_URL", "S3_ENDPOINT_URL", "S3_PUBLIC_ENDPOINT_URL"):
         assert name in read and name in env, name
-    for worker in ("worker-gpu", "worker-cpu", "reaper"):
+    for worker in ("worker-gpu", "worker-cpu", "evaluator", "sampler", "reaper"):
         assert {k: v for k, v in services[worker]["environment"].items() if k in env} == env
 
 
@@ -73,3 +74,27 @@ def test_the_api_keeps_its_session_secret_across_re_created_containers():
         mount.split(":")[1] == "/app/var" and mount.split(":")[0] in compose["volumes"]
         for mount in compose["services"]["api"].get("volumes", []))
     assert "WORKDIR /app" in (ROOT / "Dockerfile").read_text()
+
+
+def test_each_queue_has_a_consumer():
+    """Every task's queue (core.queue) is consumed by a service, read from the services' commands as `dcgan`
+    reads them: jobs on the workers, evaluation on its own low-priority worker, sampling on the sampler."""
+    from core.queue import EVALUATE, REAP, SAMPLE, TASKS, WORKER_QUEUES
+
+    consumed: dict[str, set[str]] = {}
+    for name, service in _compose()["services"].items():
+        command = service.get("command") or []
+        if command[:2] == ["dcgan", "worker"]:
+            queues = command[command.index("--queues") + 1].split(",") if "--queues" in command else WORKER_QUEUES
+        elif command[:2] == ["dcgan", "sampler"]:
+            queues = [SAMPLE.queue]
+        elif command[:2] == ["dcgan", "reaper"]:
+            queues = [REAP.queue]
+        else:
+            continue
+        for queue in queues:
+            consumed.setdefault(queue, set()).add(name)
+    assert {task.queue for task in TASKS} <= set(consumed), consumed
+    assert consumed[EVALUATE.queue] == {"evaluator"} and consumed[SAMPLE.queue] == {"sampler"}
+    evaluator = _compose()["services"]["evaluator"]["command"]
+    assert evaluator[evaluator.index("--nice") + 1] == "10"  # scoring yields the CPU to training and sampling
