@@ -94,10 +94,11 @@ def _train(args: argparse.Namespace, cache_dir: Path) -> int:
     data = load_images(dataset, config.img_size, config.img_channels, cache_dir=cache_dir)
     reporter = _Reporter(config)
     result = train(config, data, out, device=args.device, resume_from=args.resume,
-                   callbacks=Callbacks(on_progress=reporter.progress), progress_every=10)
+                   callbacks=Callbacks(on_progress=reporter.progress), progress_every=10, cache_dir=cache_dir)
     reporter.close()
+    best = {"best": {**result.best, "generator": str(out / "best-generator.safetensors")}} if result.best else {}
     print(json.dumps({"step": result.step, "generator": str(result.generator_path),
-                      "checkpoint": str(result.checkpoint_path), "grid": str(result.grid_path)}))
+                      "checkpoint": str(result.checkpoint_path), "grid": str(result.grid_path), **best}))
     return 0
 
 
@@ -117,10 +118,12 @@ class _Reporter:
             self.bar.n = p.step
             self.bar.set_postfix(loss_d=f"{p.loss_d:.3f}", loss_g=f"{p.loss_g:.3f}", img_s=f"{p.images_per_second:.0f}")
             self.bar.refresh()
-        elif p.step % 50 == 0 or p.step == p.total_steps:
+        elif p.step % 50 == 0 or p.step == p.total_steps or p.fid is not None:
+            scores = f" FID {p.fid:.2f} KID {p.kid:.4f} (best {p.best['fid']:.2f} at {p.best['step']})" \
+                if p.fid is not None else ""
             print(f"step {p.step}/{p.total_steps} epoch {p.epoch} loss_d {p.loss_d:.4f} loss_g {p.loss_g:.4f} "
                   f"D(x) {p.d_real:.3f} D(G(z)) {p.d_fake:.3f} {p.images_per_second:.1f} img/s "
-                  f"eta {p.eta_seconds:.0f}s", file=sys.stderr, flush=True)
+                  f"eta {p.eta_seconds:.0f}s{scores}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

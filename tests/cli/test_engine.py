@@ -121,3 +121,14 @@ def test_sample_errors_are_one_line(run_dir):
                   cwd=run_dir, check=False)
     assert seeds.returncode == 2 and "runs backwards" in seeds.stderr
     assert not (run_dir / "x.png").exists()
+
+
+def test_train_with_eval_every_prints_scores_and_keeps_the_best(tmp_path):
+    result = dcgan("train", "--dataset", "digits", "--img-size", "32", "--steps", "20", "--out", "runs/e",
+                   "--set", "eval_every=10", "--set", "eval_num=64", "--set", "sample_every=0", *TINY, cwd=tmp_path)
+    summary = json.loads(result.stdout)
+    assert summary["best"]["step"] in (10, 20) and Path(tmp_path / summary["best"]["generator"]).exists()
+    assert "FID" in result.stderr  # the evaluated steps are reported with their scores
+    lines = [json.loads(line) for line in (tmp_path / "runs" / "e" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "fid" in line] == [10, 20]
+    assert min(line["fid"] for line in lines if "fid" in line) == summary["best"]["fid"]
