@@ -116,6 +116,8 @@ def _answer(ref: str, row: Generator, render: dict[str, Any], filename: str) -> 
     response.headers["Content-Disposition"] = f'inline; filename="{filename}"'
     response.headers[PATH_HEADER] = meta["path"]
     response.headers[CACHE_HEADER] = meta["cache"]
+    # Where the time went (queue, load, forward, encode, worker; wait: the API's send to its answer), for
+    # clients and bench/sample_api_latency.py.
     response.headers["Server-Timing"] = ", ".join(f"{name};dur={ms}" for name, ms in meta["timings_ms"].items())
     return response
 
@@ -140,13 +142,17 @@ class SamplingChannel:
                               slug="sampler-unavailable", title="No sampling worker",
                               headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)})
             reply_to = new_reply_key()
-            message = {"reply_to": reply_to, "deadline": deadline, "precision": precision, "render": render,
+            sent = time.perf_counter()
+            message = {"reply_to": reply_to, "deadline": deadline, "sent_at": time.time(), "precision": precision,
+                       "render": render,
                        "generator": {"id": str(row.id), "storage_key": row.storage_key, "sha256": row.sha256,
                                      "config": row.config}}
             # Expires at the deadline: a worker that gets it later drops it instead of rendering for nobody.
             self.publisher.send_task(SAMPLE.name, args=[message], queue=SAMPLE.queue, expires=timeout_seconds,
                                      retry=False)
             answer = wait_reply(self.client, reply_to, deadline - time.time())
+            if answer is not None:
+                answer[0].setdefault("timings_ms", {})["wait"] = round((time.perf_counter() - sent) * 1000, 2)
         except (redis.RedisError, *BROKER_UNAVAILABLE) as exc:
             raise Problem(503, f"the broker is unavailable ({type(exc).__name__}); try again shortly",
                           slug="broker-unavailable", title="Broker unavailable",

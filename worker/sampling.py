@@ -63,9 +63,8 @@ PRECISION_OPTIONS = {"fp32": SamplerOptions(), "bf16": SamplerOptions(precision=
 class SamplingService:
     """One worker process's loaded generators, store, Redis client and liveness beat."""
 
-    def __init__(self, settings: Settings, threads: int | None = None):
-        if threads:
-            torch.set_num_threads(int(threads))
+    def __init__(self, settings: Settings):
+        torch.set_num_threads(settings.sample_threads)  # see Settings.sample_threads for why not DCGAN_THREADS
         self.settings = settings
         self.store = open_store(settings)
         self.redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
@@ -123,8 +122,10 @@ class SamplingService:
 
     def answer(self, request: dict[str, Any]) -> None:
         """Render the request and push the answer (or the problem) onto its reply list."""
-        deadline = float(request["deadline"])
-        timings: dict[str, float] = {}
+        deadline, started = float(request["deadline"]), time.perf_counter()
+        # From the API's send to this task's start: Celery's publish and delivery (one clock when both run on
+        # one machine; across machines it includes their clocks' difference).
+        timings: dict[str, float] = {"queue": round((time.time() - float(request["sent_at"])) * 1000, 2)}
         try:
             sampler, hit = self._sampler(request["generator"], request["precision"], timings)
             if time.time() > deadline:
@@ -148,6 +149,7 @@ class SamplingService:
             self._reply(request, {"error": {"status": 500, "slug": "internal", "title": "Internal server error",
                                             "detail": "the sampling worker failed; it has been logged"}})
             raise  # Celery logs it with its traceback
+        timings["worker"] = _ms(started)
         quality = getattr(sampler, "quality", None)
         path = (quality or {}).get("path") or getattr(sampler, "path", None) or request["precision"]
         self._reply(request, {"content_type": content_type, "path": path, "cache": "hit" if hit else "miss",
@@ -223,7 +225,7 @@ def _service_for(app: Celery) -> SamplingService:
     global _service
     with _service_lock:
         if _service is None:
-            _service = SamplingService(app.conf.dcgan_settings, app.conf.get("dcgan_threads"))
+            _service = SamplingService(app.conf.dcgan_settings)
         return _service
 
 
