@@ -123,6 +123,21 @@ def test_if_none_match_is_304_and_an_alias_is_revalidated(api, sampler, generato
     assert api.get(alias_path, headers={"If-None-Match": by_alias.headers["ETag"]}).status_code == 304
 
 
+def test_the_sampler_path_is_in_the_etag_and_the_answer_says_which_served(settings, api, sampler, generator):
+    """An API whose samplers render bf16 (DCGAN_SAMPLE_PRECISION) names other pixels: another ETag. Whether bf16
+    passed its load-time quality gate or fell back to fp32, X-Sampler-Path says which path rendered it."""
+    path = f"/v1/generators/{generator['id']}/images?seeds=0-3&nrow=2"
+    bf16_app = create_app(replace(settings, sample_timeout_seconds=30, sample_precision="bf16"))
+    try:
+        bf16 = bf16_app.test_client().get(path, headers={"Authorization": f"Bearer {api.api_key}"})
+    finally:
+        bf16_app.extensions["dcgan"]["engine"].dispose()
+    fp32 = api.get(path)
+    assert bf16.status_code == fp32.status_code == 200, bf16.json
+    assert bf16.headers["ETag"] != fp32.headers["ETag"] and fp32.headers["X-Sampler-Path"] == "fp32"
+    assert bf16.headers["X-Sampler-Path"] in ("bf16", "fp32") and bf16.headers["X-Sampler-Cache"] == "miss"
+
+
 def test_one_image_is_its_tile_of_the_grid(api, sampler, generator):
     grid = api.get(f"/v1/generators/{generator['id']}/images?seeds=4-7&nrow=4&truncation=0.5")
     one = api.get(f"/v1/generators/{generator['id']}/images/6.png?truncation=0.5")
