@@ -1,7 +1,8 @@
 """The dashboard's pages through Flask's test client, on SQLite and PostgreSQL with the real Redis: signing in
 and out, the session cookie's flags and contents, CSRF refusals (forms and cookie-authenticated /v1 calls),
-the security headers, tenant isolation, and the new-job form, which answers with the API's own validation.
-The pages in a real browser are tests/e2e/test_browser.py."""
+the security headers, tenant isolation, the new-job form, which answers with the API's own validation, and
+the generator registry's pages (versions, aliases, evaluations, the seed browser's markup). The pages in a
+real browser are tests/e2e/test_browser.py and tests/e2e/test_seed_browser.py."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ import zlib
 from html.parser import HTMLParser
 
 
+from core import registry
 from core.auth import create_key, revoke_key
 from core.db import Job, JobStatus
 from core.gan.config import TrainConfig
+from tests.core.test_weights import generator_arrays, safetensors_bytes
 from tests.web.conftest import make_app
 from tests.web.hostile.builders import png, zip_of
+from tests.web.test_generators import CONFIG
 from web.auth import KeyCache
 from web.pages.jobs import PAGE_SIZE
 from web.session_auth import SECRET_KEY_FILE
@@ -78,7 +82,8 @@ class _Scripts(HTMLParser):
 
 def test_pages_need_a_session_and_send_their_security_headers(api_app):
     client = api_app.test_client()
-    for path in ("/", "/jobs/new", f"/jobs/{uuid.uuid4()}", "/compare", "/datasets", "/generators"):
+    for path in ("/", "/jobs/new", f"/jobs/{uuid.uuid4()}", "/compare", "/datasets", "/generators",
+                 "/generators/faces:1", "/generators/faces:1/browse"):
         response = client.get(path)
         assert response.status_code == 302, path
         assert response.headers["Location"].startswith("/signin?next=")
@@ -92,8 +97,12 @@ def test_pages_need_a_session_and_send_their_security_headers(api_app):
 def test_no_page_has_an_inline_script_handler_or_style(api_app):
     client = signed_in(api_app)
     job_id = submit_job(api_app, client)
+    version = upload_generator(api_app, client, "faces")
+    evaluate = client.post("/v1/jobs/evaluate", json={"generator": "faces:1", "dataset": "builtin:digits"},
+                           headers=bearer(api_app, client)).json["id"]
     paths = ["/", "/jobs/new", f"/jobs/{job_id}", f"/jobs/{job_id}/cancel", f"/compare?job={job_id}",
-             "/datasets", "/generators", "/signin"]
+             "/datasets", "/generators", "/signin", f"/generators/{version['id']}", "/generators/faces:1/browse",
+             f"/jobs/{evaluate}", "/?sort=best_fid"]
     for path in paths:
         response = client.get(path)
         assert response.status_code == 200, path
@@ -358,7 +367,7 @@ def test_an_upload_through_the_cookie_shows_in_its_tenants_lists_only(api_app):
     for path in ("/datasets", "/jobs/new"):
         assert dataset_id in owner.get(path).get_data(as_text=True), path
         assert dataset_id not in stranger.get(path).get_data(as_text=True), path
-    assert "No uploaded generators" in owner.get("/generators").get_data(as_text=True)
+    assert "No generators yet" in owner.get("/generators").get_data(as_text=True)
 
 
 def test_with_s3_storage_the_policy_lets_grids_come_from_the_store():
@@ -373,3 +382,227 @@ def test_with_s3_storage_the_policy_lets_grids_come_from_the_store():
     assert "img-src 'self' blob: data: http://localhost:9000;" in _content_security_policy(minio)
     aws = Settings(storage_url="s3://bucket/prefix").with_defaults()
     assert "https://*.amazonaws.com" in _content_security_policy(aws)
+
+
+
+# ----- the generator registry's pages -----
+
+def upload_generator(app, client, name: str, seed: int = 0) -> dict:
+    response = app.test_client().post(
+        "/v1/generators", headers=bearer(app, client), content_type="multipart/form-data",
+        data={"file": (io.BytesIO(safetensors_bytes(generator_arrays(seed=seed))), "g.safetensors"),
+              "config": json.dumps(CONFIG), "name": name})
+    assert response.status_code == 201, response.json
+    return response.json
+
+
+def tenant_of(app, client) -> uuid.UUID:
+    from core.auth import authenticate
+
+    with app.extensions["dcgan"]["sessions"]() as session:
+        return authenticate(session, client.api_key)
+
+
+def finished_training(app, client, fid: float | None = 31.25, step: int = 200) -> tuple[str, list[str]]:
+    """A train job made succeeded with a best step at `step` (none when `fid` is None) and the final and best
+    versions of `digits` registered for it, as the worker registers them; returns (job id, their refs)."""
+    job_id = submit_job(app, client)
+    with app.extensions["dcgan"]["sessions"]() as session:
+        job = session.get(Job, uuid.UUID(job_id))
+        job.status = JobStatus.SUCCEEDED
+        lineage = dict(job_id=job.id, config=job.config, dataset="builtin:digits", dataset_sha256="ab" * 32,
+                       storage_key="k", size_bytes=2048, sha256="cd" * 32)
+        refs = [registry.register(session, job.tenant_id, "digits", source="final", step=400, fid=40.5, kid=0.05,
+                                  **lineage)]
+        if fid is not None:
+            job.best_step, job.best_fid, job.best_kid = step, fid, 0.0125
+            refs.append(registry.register(session, job.tenant_id, "digits", source="best", step=step, fid=fid,
+                                          kid=0.0125, **lineage))
+        refs = [f"{row.name}:{row.version}" for row in refs]
+        session.commit()
+    return job_id, refs
+
+
+def _versions(page: str) -> list[str]:
+    return re.findall(r'<tr data-generator-id="[^"]+" data-ref="([^"]+)"', page)
+
+
+def test_the_registry_page_groups_versions_by_name_with_aliases_lineage_and_scores(api_app):
+    client = signed_in(api_app)
+    upload_generator(api_app, client, "faces", 1)
+    upload_generator(api_app, client, "faces", 2)
+    job_id, refs = finished_training(api_app, client)
+    assert refs == ["digits:1", "digits:2"]
+    assert client.put("/v1/generators/faces/aliases/champion", json={"version": 1},
+                      headers=bearer(api_app, client)).status_code == 200
+    page = client.get("/generators").get_data(as_text=True)
+    # Newest name first, each name's versions newest first.
+    assert re.findall(r'data-generator-name="([^"]+)"', page) == ["digits", "faces"]
+    assert _versions(page) == ["digits:2", "digits:1", "faces:2", "faces:1"]
+    faces = page[page.index('data-generator-name="faces"'):]
+    assert 'data-alias="champion"' in faces and "@champion → 1" in faces
+    best = page[page.index('data-ref="digits:2"'):page.index('data-ref="digits:1"')]
+    assert f'href="/jobs/{job_id}" data-lineage-job' in best and "step 200" in best and "builtin:digits" in best
+    assert "abababababab" in best and '<td data-field="fid">31.25</td>' in best and "0.0125" in best
+    assert 'href="/generators/digits:2/browse" data-browse' in best
+    uploaded = page[page.index('data-ref="faces:1"'):]
+    assert "data-lineage" not in uploaded and "uploaded" in uploaded
+    assert 'action="/generators/faces/aliases"' in page and 'action="/generators/faces:1/evaluate"' in page
+
+
+def test_the_alias_form_sets_moves_and_removes_an_alias_and_needs_its_csrf_token(api_app):
+    client = signed_in(api_app)
+    first, second = upload_generator(api_app, client, "faces", 1), upload_generator(api_app, client, "faces", 2)
+    refused = client.post("/generators/faces/aliases", data={"alias": "champion", "version": "1"})
+    assert refused.status_code == 400 and "CSRF" in refused.get_data(as_text=True)
+    assert client.get("/v1/generators/faces@champion").status_code == 404
+    token = csrf_token(client, "/generators")
+    made = client.post("/generators/faces/aliases", data={"csrf_token": token, "alias": "champion", "version": "1"})
+    assert made.status_code == 303 and made.headers["Location"] == "/generators#name-faces"
+    assert client.get("/v1/generators/faces@champion").json["id"] == first["id"]
+    # From the version page: the alias moves to that version, and the answer goes back there.
+    moved = client.post("/generators/faces/aliases", data={"csrf_token": token, "alias": "champion", "version": "2",
+                                                           "back": second["id"]})
+    assert moved.status_code == 303 and moved.headers["Location"] == f"/generators/{second['id']}#name-faces"
+    assert client.get("/v1/generators/faces@champion").json["id"] == second["id"]
+    assert "@champion" in client.get("/generators/faces@champion").get_data(as_text=True)
+    # The API's refusals come back beside the form's fields, on the page the form was on.
+    for data, status, field in [({"alias": "9lives", "version": "1"}, 422, "alias"),
+                                ({"alias": "ok", "version": "9"}, 404, "version"),
+                                ({"alias": "ok", "version": "two"}, 422, "version"),
+                                ({"alias": "", "version": "1"}, 422, "alias")]:
+        response = client.post("/generators/faces/aliases", data={"csrf_token": token, **data})
+        page = response.get_data(as_text=True)
+        assert response.status_code == status and f'data-error-for="{field}"' in page, (data, page[-2000:])
+        assert "<h1>Generators</h1>" in page
+    on_version = client.post("/generators/faces/aliases", data={"csrf_token": token, "alias": "9lives",
+                                                                "version": "1", "back": "faces:1"})
+    assert on_version.status_code == 422 and 'data-ref="faces:1"' in on_version.get_data(as_text=True)
+    # Removing it: a form per alias, with the token too.
+    assert client.post("/generators/faces/aliases/champion/delete").status_code == 400
+    removed = client.post("/generators/faces/aliases/champion/delete", data={"csrf_token": token})
+    assert removed.status_code == 303 and client.get("/v1/generators/faces@champion").status_code == 404
+    assert client.post("/generators/faces/aliases/champion/delete", data={"csrf_token": token}).status_code == 404
+
+
+def test_the_version_page_starts_an_evaluate_job_and_lists_its_evaluations(api_app, redis_client):
+    client = signed_in(api_app)
+    version = upload_generator(api_app, client, "faces")
+    page = client.get("/generators/faces:1").get_data(as_text=True)
+    assert "data-no-evaluations" in page and 'href="/generators/faces:1/browse" data-browse' in page
+    token = csrf_token(client, "/generators/faces:1")
+    refused = client.post("/generators/faces:1/evaluate", data={"csrf_token": token, "dataset": "builtin:digits",
+                                                               "num": "1", "net": "digits", "back": version["id"]})
+    assert refused.status_code == 422 and 'data-error-for="num"' in refused.get_data(as_text=True)
+    made = client.post("/generators/faces:1/evaluate", data={"csrf_token": token, "dataset": "builtin:digits",
+                                                            "num": "100", "net": "digits"})
+    assert made.status_code == 303
+    job_id = made.headers["Location"].rsplit("/", 1)[-1]
+    job = client.get(f"/v1/jobs/{job_id}").json
+    assert job["type"] == "evaluate" and job["request"]["generator_id"] == version["id"]
+    assert job["request"]["num"] == 100 and redis_client.llen("evaluate") == 1
+    # Its page names the generator and waits for a result.
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert f'href="/generators/{version["id"]}" data-generator-link' in page and re.search(r"data-no-result\s*>", page)
+    assert "data-grid" not in page
+    result = {"fid": 12.3456, "kid_mean": 0.0123, "is_mean": 2.5, "feature_net": "digits",
+              "feature_net_sha256": "ef" * 32, "num_samples": 100, "preprocess": {"size": 28}}
+    with api_app.extensions["dcgan"]["sessions"]() as session:
+        row = session.get(Job, uuid.UUID(job_id))
+        row.status, row.result = JobStatus.SUCCEEDED, result
+        session.commit()
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    shown = re.findall(r'<tr data-result-field="([^"]+)"><th>[^<]+</th><td><code>([^<]*)</code>', page)
+    assert shown[:3] == [("fid", "12.3456"), ("kid_mean", "0.0123"), ("is_mean", "2.5000")]
+    assert ("num_samples", "100") in shown and ("preprocess", '{&#34;size&#34;:28}') in shown
+    page = client.get("/generators/faces:1").get_data(as_text=True)
+    assert f'data-evaluation-job="{job_id}"' in page and "12.35" in page and "data-no-evaluations" not in page
+
+
+def test_generate_from_a_registry_version_names_the_version(api_app):
+    client = signed_in(api_app)
+    upload_generator(api_app, client, "faces", 1)
+    second = upload_generator(api_app, client, "faces", 2)
+    token = csrf_token(client, "/generators")
+    refused = client.post("/generators/faces@latest/generate", data={"csrf_token": token, "seeds": "0-7"})
+    assert refused.status_code == 404
+    refused = client.post("/generators/faces:2/generate", data={"csrf_token": token, "seeds": "3-1", "nrow": "4"})
+    assert refused.status_code == 422
+    page = refused.get_data(as_text=True)
+    assert 'data-error-for="seeds"' in page and re.search(r"<details data-version-actions\s+open>", page)
+    made = client.post("/generators/faces:2/generate", data={"csrf_token": token, "seeds": "0-7", "nrow": "4"})
+    assert made.status_code == 303
+    job = client.get("/v1/jobs/" + made.headers["Location"].rsplit("/", 1)[-1]).json
+    assert job["type"] == "generate" and job["request"]["generator_id"] == second["id"]
+    page = client.get(made.headers["Location"]).get_data(as_text=True)
+    assert f'href="/generators/{second["id"]}">faces:2</a>' in page
+
+
+def test_another_tenants_generators_are_404_pages(api_app):
+    owner, stranger = signed_in(api_app, "owner"), signed_in(api_app, "stranger")
+    version = upload_generator(api_app, owner, "faces")
+    assert owner.put("/v1/generators/faces/aliases/champion", json={"version": 1},
+                     headers=bearer(api_app, owner)).status_code == 200
+    assert "faces:1" not in stranger.get("/generators").get_data(as_text=True)
+    for ref in (version["id"], "faces:1", "faces@champion", "not a ref"):
+        for path in (f"/generators/{ref}", f"/generators/{ref}/browse"):
+            response = stranger.get(path)
+            assert response.status_code == 404 and 'data-error-status="404"' in response.get_data(as_text=True), path
+    token = csrf_token(stranger, "/")
+    for path, data in [("/generators/faces/aliases", {"alias": "mine", "version": "1"}),
+                       ("/generators/faces/aliases/champion/delete", {}),
+                       ("/generators/faces:1/generate", {"seeds": "0-3"}),
+                       (f"/generators/{version['id']}/evaluate", {"dataset": "builtin:digits"})]:
+        assert stranger.post(path, data={"csrf_token": token, **data}).status_code == 404, path
+    assert owner.get("/v1/generators/faces@champion").json["id"] == version["id"]
+    assert owner.get("/v1/generators/faces@mine").status_code == 404
+    assert stranger.get("/v1/jobs").json["jobs"] == []
+
+
+def test_the_seed_browser_page_has_its_hooks_and_keeps_its_place(api_app):
+    client = signed_in(api_app)
+    version = upload_generator(api_app, client, "faces")
+    assert client.put("/v1/generators/faces/aliases/champion", json={"version": 1},
+                      headers=bearer(api_app, client)).status_code == 200
+    page = client.get("/generators/faces@champion/browse").get_data(as_text=True)
+    assert re.findall(r'data-seed="(\d+)"', page) == [str(seed) for seed in range(16)]
+    for hook in ("data-truncation", 'data-large=""', "data-interpolation", "data-sampler-error", 'data-pick="from"'):
+        assert hook in page, hook
+    # The pictures come from the version's immutable reference, whatever reference the page was opened with.
+    assert 'data-images-url="/v1/generators/faces:1/images"' in page
+    assert 'data-interpolate-url="/v1/generators/faces:1/interpolate"' in page and "data-resolved" in page
+    assert '<script src="/static/seeds.js">' in page
+    page = client.get(f"/generators/{version['id']}/browse?start=32&truncation=0.7").get_data(as_text=True)
+    assert re.findall(r'data-seed="(\d+)"', page)[0] == "32" and 'value="0.7" data-truncation' in page
+    assert "data-resolved" not in page
+    for query in ("start=-5&truncation=7", "start=x&truncation=nan", "start=&truncation=0"):
+        page = client.get(f"/generators/faces:1/browse?{query}").get_data(as_text=True)
+        assert re.findall(r'data-seed="(\d+)"', page)[0] == "0" and 'value="1.0" data-truncation' in page, query
+
+
+def test_the_job_page_shows_the_best_step_and_the_versions_it_registered(api_app):
+    client = signed_in(api_app)
+    job_id, refs = finished_training(api_app, client, fid=31.25, step=200)
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert re.search(r'<span data-field="best">step 200 · FID 31.25 · KID 0.0125</span>', page)
+    assert re.search(rf'href="/v1/jobs/{job_id}/best-generator" download data-best-download\s*>', page)
+    assert re.findall(r'data-registered-ref="([^"]+)"', page) == refs
+    assert 'href="/generators/digits:2/browse" data-browse' in page and 'data-fid-figure' in page
+    # A run that was never evaluated says so, and offers nothing to download.
+    plain = submit_job(api_app, client)
+    page = client.get(f"/jobs/{plain}").get_data(as_text=True)
+    assert re.search(r"data-best-download\s+hidden", page) and "not evaluated (eval_every 0)" in page
+    assert re.search(r"<section class=\"registered\" data-registered\s+hidden", page)
+
+
+def test_the_jobs_page_ranks_runs_by_best_fid(api_app):
+    client = signed_in(api_app)
+    worse, _ = finished_training(api_app, client, fid=50.0)
+    better, _ = finished_training(api_app, client, fid=9.5)
+    unevaluated = submit_job(api_app, client)
+    page = client.get("/").get_data(as_text=True)
+    assert _rows(page) == [unevaluated, better, worse] and '<option value="best_fid" >' in page
+    ranked = client.get("/?sort=best_fid&type=train").get_data(as_text=True)
+    assert _rows(ranked) == [better, worse] and '<option value="best_fid" selected>' in ranked
+    assert re.search(rf'data-job-id="{better}".*?<td data-field="best-fid">9.50</td>', ranked, re.S)
+    assert '&#34;sort&#34;: &#34;best_fid&#34;' in ranked  # the live refresh asks for the same order

@@ -135,4 +135,4 @@ def size(num_bytes: Any) -> str:
     return ""
 
 
-from . import datasets, jobs, new_job, signin  # noqa: E402,F401  (their routes join bp)
+from . import datasets, generators, jobs, new_job, signin  # noqa: E402,F401  (their routes join bp)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app, g, request
+from flask import abort, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from ..problems import Problem
@@ -60,6 +60,16 @@ def call(method: str, path: str, **request_args: Any) -> Answer:
 
 def get(path: str, **query: Any) -> Answer:
     return call("GET", path, query_string={k: v for k, v in query.items() if v not in (None, "")})
+
+
+def found(path: str, missing: str) -> Any:
+    """The document at `path`, or the page's 404 saying `missing` (another refusal: its status and detail)."""
+    answer = get(path)
+    if answer.status == 404:
+        abort(404, missing)
+    if not answer.ok:
+        abort(answer.status, answer.detail)
+    return answer.body
 
 
 def post(path: str, body: dict[str, Any] | None = None, idempotency_key: str | None = None) -> Answer:

@@ -1,10 +1,12 @@
-"""The jobs pages: the list, one job (charts, grids, timeline, artifacts, cancel, generate) and the comparison
-of training runs. Each page is rendered from the /v1 API (web.pages.api) and kept live by its script
-(web/static/jobs.js, job.js, compare.js), which reads the same API from the browser.
+"""The jobs pages: the list (newest first, or training runs ranked by their best FID), one job (charts, grids,
+best evaluated step, registered generators, an evaluation's result, timeline, artifacts, cancel, generate) and
+the comparison of training runs. Each page is rendered from the /v1 API (web.pages.api) and kept live by its
+script (web/static/jobs.js, job.js, compare.js), which reads the same API from the browser.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -20,21 +22,26 @@ PAGE_SIZE = 20
 DEFAULT_SEEDS = "0-15"
 DEFAULT_NROW = 4
 COMPARE_PICKER_SIZE = 50
+# How the jobs list may be ordered (GET /v1/jobs?sort=): the API's default first.
+SORTS = {"newest": "newest first", "best_fid": "best FID first (evaluated training runs)"}
+# An evaluation result's fields in the order a reader wants them; any others follow in the API's order.
+RESULT_ORDER = ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "num_samples", "dataset", "feature_net",
+                "feature_net_sha256", "preprocess", "seeds", "generator", "sampler")
 
 
 @bp.get("/")
 def jobs():
-    filters = {"status": request.args.get("status", ""), "type": request.args.get("type", "")}
+    filters = {name: request.args.get(name, "") for name in ("status", "type", "sort")}
     cursor = request.args.get("cursor", "")
     answer = api.get("/v1/jobs", **filters, cursor=cursor, limit=PAGE_SIZE)
     error = None
     if not answer.ok:  # a hand-edited filter or a stale cursor: say so, show the first page unfiltered
         error, cursor = "; ".join(f"{field}: {message}" for field, message in answer.errors().items()), ""
-        filters = {"status": "", "type": ""}
+        filters = {"status": "", "type": "", "sort": ""}
         answer = api.get("/v1/jobs", limit=PAGE_SIZE)
     page = answer.body
     return render_template("jobs.html", jobs=page["jobs"], next_cursor=page["next_cursor"], cursor=cursor,
-                           filters=filters, error=error, statuses=list(JobStatus), types=list(JobType),
+                           filters=filters, error=error, statuses=list(JobStatus), types=list(JobType), sorts=SORTS,
                            dataset_names=dataset_names(), page_size=PAGE_SIZE)
 
 
@@ -45,12 +52,7 @@ def dataset_names() -> dict[str, str]:
 
 
 def job_or_404(job_id: str) -> dict[str, Any]:
-    answer = api.get(f"/v1/jobs/{job_id}")
-    if answer.status == 404:
-        abort(404, f"There is no job {job_id[:100]} here.")
-    if not answer.ok:
-        abort(answer.status, answer.detail)
-    return answer.body
+    return api.found(f"/v1/jobs/{job_id}", f"There is no job {job_id[:100]} here.")
 
 
 def _listed(path: str, key: str) -> list[dict[str, Any]]:
@@ -73,11 +75,30 @@ def job(job_id: str, generate_errors: dict[str, str] | None = None, generate_val
         events=timeline.get("events", []), last_event_id=timeline.get("last_event_id", 0),
         artifacts=_listed(f"/v1/jobs/{job_id}/artifacts", "artifacts"),
         samples=_listed(f"/v1/jobs/{job_id}/samples", "samples"),
-        dataset_names=dataset_names(), parent=_parent(found),
+        dataset_names=dataset_names(), parent=_parent(found), registered=found.get("generators") or [],
+        result_rows=result_rows(found.get("result")), result_order=RESULT_ORDER,
         can_generate=found["type"] == JobType.TRAIN and found["status"] == JobStatus.SUCCEEDED,
         generate_schema=generate_schema, generate_values=values, generate_errors=generate_errors or {},
         idempotency_key=str(uuid.uuid4()),
     ), status
+
+
+def result_rows(result: Any) -> list[tuple[str, str]]:
+    """An evaluate job's result as (field, text) rows; web/static/job.js shows a result it reads the same way."""
+    if not isinstance(result, dict):
+        return []
+    names = [name for name in RESULT_ORDER if name in result] + [name for name in result if name not in RESULT_ORDER]
+    return [(name, shown(result[name])) for name in names]
+
+
+def shown(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _parent(job: dict[str, Any]) -> str | None:

@@ -76,7 +76,7 @@ def config_fields(schema: dict[str, Any]) -> list[Field]:
     return fields
 
 
-def _datasets() -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+def dataset_choices() -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
     """(builtin reference, what it is) for the builtins the platform serves, and the tenant's uploads."""
     builtins = [(BUILTIN_PREFIX + d.name, d.source) for d in NAMED_DATASETS if d.offline]
     answer = api.get("/v1/datasets")
@@ -85,7 +85,7 @@ def _datasets() -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
 
 def _render(values: dict[str, Any], errors: dict[str, str], status: int = 200):
     fields = config_fields(api.schema("TrainConfig"))
-    builtins, uploads = _datasets()
+    builtins, uploads = dataset_choices()
     known = {f"config.{f.name}" for f in fields} | {"dataset", "max_runtime_seconds"}
     general = [f"{field}: {message}" if field else message for field, message in errors.items()
                if field not in known]

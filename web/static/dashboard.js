@@ -79,6 +79,11 @@
 
   function shortId(id) { return (id || '').slice(0, 8); }
 
+  // A score as the templates' `score` macro shows it: FID with 2 decimals, KID with 4; '' for no number.
+  function score(value, digits = 2) {
+    return typeof value === 'number' ? value.toFixed(digits) : '';
+  }
+
   function size(bytes) {
     if (bytes === null || bytes === undefined) return '';
     let value = Number(bytes);
@@ -111,6 +116,7 @@
         el.textContent = job.error ? job.error.type + ': ' + job.error.detail : '';
       });
     }
+    if (job.best !== undefined) set('best-fid', (el) => { el.textContent = score((job.best || {}).fid); });
     if (job.status === undefined) return;
     root.dataset.status = job.status;
     set('status', (el) => { el.textContent = job.status; el.className = 'badge badge-' + job.status; });
@@ -137,6 +143,6 @@
     set('elapsed', (el) => { el.textContent = duration(progress.elapsed_seconds); });
   }
 
-  window.dcgan = {api, ApiError, every, throttle, duration, when, shortId, size, element, fillJob, FINISHED,
+  window.dcgan = {api, ApiError, every, throttle, duration, when, shortId, score, size, element, fillJob, FINISHED,
                   isFinished: (status) => FINISHED.includes(status)};
 })();

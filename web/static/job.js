@@ -1,11 +1,12 @@
 /* One job's page, live. While the job is queued or running it follows GET /v1/jobs/<id>/stream (Server-Sent
    Events): `progress` updates the header and (at most every 2 s) refetches the metric history for the
    charts, `sample` adds a step to the grid slider, `status`/`log` refresh the timeline, `checkpoint` the
-   artifacts, and `completed` refreshes everything once. A stream that cannot be opened (the API's limit on
-   open streams, an old server) falls back to polling GET /v1/jobs/<id> every 2 s. */
+   artifacts, a `status` of kind `best` the best evaluated step, and `completed` refreshes everything once
+   (with a training job's registered generators, an evaluation's result). A stream that cannot be opened (the
+   API's limit on open streams, an old server) falls back to polling GET /v1/jobs/<id> every 2 s. */
 (function () {
   'use strict';
-  const {api, charts, element, every, fillJob, isFinished, size, throttle, when} = window.dcgan;
+  const {api, charts, element, every, fillJob, isFinished, score, size, throttle, when} = window.dcgan;
   const header = document.querySelector('[data-job]');
   const jobId = header.dataset.jobId;
   const base = '/v1/jobs/' + encodeURIComponent(jobId);
@@ -45,18 +46,18 @@
   }
   const metricsSoon = throttle(loadMetrics, 2000);
 
-  // ----- sample grids and the step slider -----
+  // ----- sample grids and the step slider (an evaluate job has none) -----
   const viewer = document.querySelector('[data-samples]');
   const grid = document.querySelector('[data-grid]');
   const slider = document.querySelector('[data-step-slider]');
   const stepLabel = document.querySelector('[data-step-label]');
   const noSamples = document.querySelector('[data-no-samples]');
-  const samples = JSON.parse(viewer.dataset.samples);
+  const samples = viewer ? JSON.parse(viewer.dataset.samples) : [];
   let following = true;  // the slider sits on the newest grid and moves on with each new one
 
   function show(index) {
     const sample = samples[index];
-    if (!sample) return;
+    if (!sample || !grid) return;
     grid.src = sample.url;
     grid.dataset.step = sample.step;
     grid.hidden = false;
@@ -87,6 +88,7 @@
   }
 
   async function loadSamples() {
+    if (!viewer) return;
     const answer = await api(base + '/samples');
     (answer.samples || []).forEach(addSample);
   }
@@ -117,10 +119,50 @@
     document.querySelector('[data-no-artifacts]').hidden = answer.artifacts.length > 0;
   }
 
+  // ----- a training job's best step and registered generators; an evaluation's result -----
+  function fillBest(best) {
+    const field = document.querySelector('[data-field="best"]');
+    if (!field || !best) return;
+    field.textContent = 'step ' + best.step + ' · FID ' + score(best.fid)
+      + (typeof best.kid === 'number' ? ' · KID ' + score(best.kid, 4) : '');
+    document.querySelector('[data-best-download]').hidden = false;
+    document.querySelector('[data-no-best]').hidden = true;
+  }
+
+  function fillRegistered(versions) {
+    const section = document.querySelector('[data-registered]');
+    if (!section || !versions || !versions.length) return;
+    const page = (ref, suffix) => '/generators/' + encodeURIComponent(ref) + (suffix || '');
+    section.querySelector('tbody').replaceChildren(...versions.map((v) => element('tr', {'data-registered-ref': v.ref},
+      element('td', {}, element('a', {href: page(v.ref)}, element('code', {text: v.ref}))),
+      element('td', {text: v.source}), element('td', {text: v.step === null ? '' : v.step}),
+      element('td', {text: score(v.fid)}),
+      element('td', {}, element('a', {class: 'button', href: page(v.ref, '/browse'), 'data-browse': true,
+                                      text: 'Browse seeds'})))));
+    section.hidden = false;
+  }
+
+  // The same rows as web/pages/jobs.py's result_rows: its order first (data-result-order), then the rest.
+  function shown(value) {
+    if (typeof value === 'number') return Number.isInteger(value) ? String(value) : value.toFixed(4);
+    return typeof value === 'string' ? value : JSON.stringify(value);
+  }
+
+  function fillResult(result) {
+    const table = document.querySelector('[data-result]');
+    if (!table || !result) return;
+    const order = JSON.parse(table.dataset.resultOrder);
+    const names = order.filter((name) => name in result).concat(Object.keys(result).filter((n) => !order.includes(n)));
+    table.tBodies[0].replaceChildren(...names.map((name) => element('tr', {'data-result-field': name},
+      element('th', {text: name}), element('td', {}, element('code', {text: shown(result[name])})))));
+    document.querySelector('[data-no-result]').hidden = names.length > 0;
+  }
+
   async function loadJob() {
     const job = await api(base);
     setStatus(job.status);
     fillJob(header, job);
+    fillBest(job.best);
     return job;
   }
 
@@ -139,7 +181,9 @@
     await Promise.allSettled([loadMetrics(), loadSamples(), loadEvents(), loadArtifacts()]);
     const generate = document.querySelector('[data-generate]');
     if (generate && job.type === 'train' && job.status === 'succeeded') generate.hidden = false;
-    if (!samples.length && job.links && job.links.grid && job.status === 'succeeded') {
+    fillRegistered(job.generators);
+    fillResult(job.result);
+    if (grid && !samples.length && job.links && job.links.grid && job.status === 'succeeded') {
       grid.src = job.links.grid;  // a generate job's images: one grid, no steps
       grid.hidden = false;
       if (noSamples) noSamples.hidden = true;
@@ -169,9 +213,13 @@
     });
     source.addEventListener('sample', (event) => addSample(data(event)));
     source.addEventListener('status', (event) => {
-      const {status: next, attempt} = data(event);
+      const {status: next, attempt, kind, detail} = data(event);
       if (next) setStatus(next);
       if (attempt !== undefined) fillJob(header, {attempt});
+      if (kind === 'best') {
+        fillBest(detail);
+        metricsSoon();
+      }
       loadEvents();
     });
     source.addEventListener('log', () => loadEvents());

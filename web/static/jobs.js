@@ -1,6 +1,6 @@
 /* The jobs page, live: every 2 s it reads the same page of GET /v1/jobs the server rendered (same filters,
-   same cursor) and updates each row by its data-job-id; on the first page, new jobs appear at the top and
-   jobs that left the filter disappear. */
+   same order, same cursor) and updates each row by its data-job-id; on the first page, new jobs appear at
+   the top and jobs that left the filter disappear. */
 (function () {
   'use strict';
   const {api, element, every, fillJob, shortId, when} = window.dcgan;
@@ -25,7 +25,12 @@
       span.append(element('a', {href: '/jobs/' + request.generator_job, text: shortId(request.generator_job)}));
       return span;
     }
-    return request.generator ? 'generator ' + shortId(request.generator) : '';
+    if (!request.generator) return '';
+    const span = element('span', {text: 'generator '});
+    const shown = request.generator.length === 36 ? shortId(request.generator) : request.generator;
+    span.append(element('a', {href: '/generators/' + encodeURIComponent(request.generator_id || request.generator),
+                              text: shown}));
+    return span;
   }
 
   // The markup of a row as web/templates/jobs.html renders it; fillJob then fills its data-field hooks.
@@ -43,6 +48,7 @@
       element('td', {'data-field': 'type', text: job.type}),
       element('td', {'data-field': 'dataset'}, datasetLabel(job)),
       element('td', {}, progress), element('td', {}, element('span', {'data-field': 'rate'})),
+      element('td', {'data-field': 'best-fid'}),
       element('td', {'data-field': 'created', text: when(job.created_at)}));
   }
 
