@@ -151,7 +151,8 @@ def get(job_id: str):
     job = job_or_404(job_id)
     body = job_json(job)
     if job.type == JobType.TRAIN and job.status == JobStatus.SUCCEEDED:
-        body["generators"] = [{"id": str(row.id), "ref": f"{row.name}:{row.version}", "source": row.source,
+        body["generators"] = [{"id": str(row.id), "name": row.name, "version": row.version,
+                               "ref": f"{row.name}:{row.version}", "source": row.source,
                                "step": row.step, "fid": row.fid,
                                "links": {"self": url_for("generators.get", ref=str(row.id))}}
                               for row in registry.of_job(db(), job.tenant_id, job.id)]
