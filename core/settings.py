@@ -69,10 +69,11 @@ class Settings:
     # The path sampling workers render with: fp32, bf16 or int8 (the last two fall back to fp32 when their
     # load-time quality check fails). Part of every sampling ETag, since the pixels depend on it.
     sample_precision: str = "fp32"
-    # torch CPU threads in a sampling worker (DCGAN_THREADS is the job workers'). One: on the 2-core CPU this
-    # was measured on, one thread rendered a 16-image grid faster than two (32x32: 11 vs 25 ms at best, 25 vs
-    # 290 ms median on a busy machine), since a small forward pass gains less from a second thread than it
-    # loses waiting for it. Run more samplers for more requests at once.
+    # torch CPU threads in a sampling worker (DCGAN_THREADS is the job workers'). One, because a sampler shares
+    # its cores with the API and the job workers (`dcgan up`): on the 2-core CPU of docs/sample-api-latency-cpu.txt
+    # two threads render a 32x32 16-image grid faster on an idle machine (6.6 vs 9.1 ms), but while a training
+    # job runs beside them they wait on each other -- the grid's p99 through the API was 311 ms with two, 71 ms
+    # with one. A sampler with cores of its own may take more.
     sample_threads: int = 1
 
     @classmethod
