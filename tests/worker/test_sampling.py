@@ -14,6 +14,7 @@ import io
 import json
 import os
 import signal
+import socket
 import time
 import uuid
 from dataclasses import replace
@@ -26,7 +27,7 @@ from core.sampling_channel import ALIVE_SECONDS
 from core.gan.config import TrainConfig
 from core.gan.sample import Sampler, grid_image, png_bytes
 from core.storage import grid_key, uploaded_generator_key
-from tests.core.test_weights import TINY, generator_arrays, safetensors_bytes
+from tests.core.test_weights import TINY, generator_arrays, safetensors_bytes, with_value
 from tests.web.conftest import authorized_client
 from tests.worker.conftest import start_worker, stop_worker
 from tests.worker.test_generators import wait_finished
@@ -179,6 +180,36 @@ def test_another_tenants_generator_is_404(app, api, generator):
         response = stranger.get(f"/v1/generators/{ref}/images?seeds=0")
         assert response.status_code == 404 and response.json["type"] == "/problems/not-found", ref
     assert api.get(f"/v1/generators/{generator['name']}:999/images/1.png").status_code == 404
+
+
+def test_weights_changed_in_the_store_are_refused_not_rendered(api, sampler, store):
+    """The worker checks the weights it loads again: a NaN written into the stored object after upload is a
+    500 naming it, not a picture of garbage."""
+    row = upload(api, seed=31)
+    store.put_bytes(uploaded_generator_key(api.tenant_id, row["id"]),
+                    safetensors_bytes(with_value("main.0.weight", float("nan"))))
+    response = api.get(f"/v1/generators/{row['id']}/images/0.png")
+    assert response.status_code == 500 and response.json["type"] == "/problems/generator-unusable", response.json
+    assert "NaN" in response.json["detail"] and "main.0.weight" in response.json["detail"]
+
+
+def test_an_unreachable_broker_is_503(settings, api):
+    """Redis away (here: a port nobody listens on): 503 with Retry-After, at once, not a hung request."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = create_app(replace(settings, redis_url=f"redis://127.0.0.1:{port}/0"))
+    try:
+        response = app.test_client().get(f"/v1/generators/{uuid.uuid4()}/images?seeds=0",
+                                         headers={"Authorization": f"Bearer {api.api_key}"})
+        assert response.status_code == 404  # the reference is resolved first: no broker needed for that
+        generator = upload(api, seed=32)
+        response = app.test_client().get(f"/v1/generators/{generator['id']}/images?seeds=0",
+                                         headers={"Authorization": f"Bearer {api.api_key}"})
+    finally:
+        app.extensions["dcgan"]["engine"].dispose()
+    assert response.status_code == 503 and response.json["type"] == "/problems/broker-unavailable", response.json
+    assert int(response.headers["Retry-After"]) > 0
 
 
 def test_loaded_generators_are_evicted_least_recently_used(api, sampler):
