@@ -9,7 +9,8 @@ Loaded generators stay in an LRU (cachetools) keyed by the weights' content sha2
 same bytes are the same generator, whoever uploaded or registered them, so a hit needs no download. A miss
 downloads the weights, checks them again with core.weights (the process that loads a file checks it) and
 against the recorded sha256, then loads them with safetensors only -- as a generate job does
-(worker.tasks._generate), and a grid is rendered by the same calls, so its PNG bytes are the job's.
+(worker.loading.load_version), and a grid is rendered by the same calls as worker.tasks._generate, so its
+PNG bytes are the job's.
 
 Warm by design: torch, PIL's encoders, the artifact store's client and oneDNN's kernels for the default
 generator shapes are all set up when the worker starts, before it says it is alive, so the first request
