@@ -305,9 +305,10 @@ class GenerateJobRequest(RequestModel):
 
     @classmethod
     def from_stored(cls, document: Mapping[str, Any]) -> "GenerateJobRequest":
-        """A generate job's stored request read back by the worker; a SampleError names what is wrong."""
+        """A generate job's stored request read back by the worker; a SampleError names what is wrong. The
+        version a reference named is the job row's `generator_id` column (the request keeps a copy to show)."""
         try:
-            return validate(cls, document)
+            return validate(cls, {key: value for key, value in document.items() if key != "generator_id"})
         except RequestInvalid as exc:
             raise SampleError(str(exc)) from None
 

@@ -69,7 +69,7 @@ def openapi_document(app: Flask | None = None) -> dict[str, Any]:
             raise LookupError(f"{rule.endpoint} ({rule.rule}) has no @operation: the document would miss it")
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            paths.setdefault(path, {})[method.lower()] = _operation(declared, rule.arguments, models)
+            paths.setdefault(path, {})[method.lower()] = _operation(declared, _path_parameters(rule.rule), models)
             if open_endpoint(rule.endpoint, rule.rule):
                 paths[path][method.lower()]["security"] = []
             else:
@@ -78,13 +78,28 @@ def openapi_document(app: Flask | None = None) -> dict[str, Any]:
             "security": [{"bearer": []}], "components": _components(models)}
 
 
-def _operation(declared: Operation, arguments: set[str], models: set[type[RequestModel]]) -> dict[str, Any]:
+def _path_parameters(rule: str) -> dict[str, dict[str, Any]]:
+    """Each path parameter's schema from its converter and name: `<int:step>` an integer, `<job_id>` (any
+    `_id`) a uuid, anything else (a generator reference, a registry name or alias) a string."""
+    schemas = {}
+    for converter, name in re.findall(r"<(?:(\w+):)?(\w+)>", rule):
+        if converter == "int":
+            schemas[name] = {"type": "integer", "minimum": 0}
+        elif name.endswith("_id"):
+            schemas[name] = {"type": "string", "format": "uuid"}
+        else:
+            schemas[name] = {"type": "string"}
+    return schemas
+
+
+def _operation(declared: Operation, arguments: dict[str, dict[str, Any]], models: set[type[RequestModel]]
+               ) -> dict[str, Any]:
     answers = {str(status): {"description": answer} if isinstance(answer, str) else answer
                for status, answer in declared.answers.items()}
     problems = set(declared.problems) | ({404} if arguments else set())
     result: dict[str, Any] = {"summary": declared.summary}
-    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
-                  for name in sorted(arguments)]
+    parameters = [{"name": name, "in": "path", "required": True, "schema": schema}
+                  for name, schema in sorted(arguments.items())]
     if declared.query is not None:
         models.add(declared.query)
         schema = declared.query.model_json_schema(ref_template=_REF)
