@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, delete, func, literal, or_, select, tuple_, update
@@ -426,9 +427,10 @@ def _ranked_by_fid(session: Session, query, limit: int, cursor: str | None) -> t
 def _decode_fid_cursor(cursor: str) -> tuple[float, uuid.UUID]:
     try:
         kind, fid, job_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|")
-        if kind != "fid":
+        value = float.fromhex(fid)
+        if kind != "fid" or not math.isfinite(value):
             raise ValueError(kind)
-        return float.fromhex(fid), uuid.UUID(job_id)
+        return value, uuid.UUID(job_id)
     except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
         raise BadCursor(f"cursor: not a cursor from a previous page sorted by best_fid: {cursor!r}") from None
 
@@ -467,10 +469,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created_text, id_text = raw.split("|")
         created_at, job_id = datetime.fromisoformat(created_text), uuid.UUID(id_text)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        if created_at.tzinfo is None:
+            raise ValueError("a cursor's time has a zone")
+        # The query compares in UTC: a time that has none (year 1 at +14:00) is no cursor of ours either.
+        created_at = created_at.astimezone(timezone.utc)
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
         raise BadCursor(f"cursor: not a cursor from a previous page: {cursor!r}") from None
-    if created_at.tzinfo is None:
-        raise BadCursor(f"cursor: not a cursor from a previous page: {cursor!r}")
     return created_at, job_id
 
 

@@ -1,6 +1,7 @@
 """The job endpoints on real parts: SQLite and PostgreSQL, the real Redis broker (messages are read back
 from the queue), LocalStore. The worker side is tested in tests/worker."""
 
+import base64
 import json
 import uuid
 
@@ -119,3 +120,22 @@ def test_json_endpoints_share_the_error_contract(api, path):
         assert response.status_code == status and response.mimetype == "application/problem+json"
         body = response.json
         assert body["status"] == status and body["type"].startswith("/problems/") and "Traceback" not in body["detail"]
+
+
+def _cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("query", [
+    {"cursor": _cursor("0001-01-01T00:00:00+14:00|00000000-0000-0000-0000-000000000000")},  # before year 1 in UTC
+    {"cursor": _cursor("9999-12-31T23:59:59-14:00|00000000-0000-0000-0000-000000000000")},  # after year 9999
+    {"cursor": _cursor("2026-12-01T00:00:00|00000000-0000-0000-0000-000000000000")},  # no zone
+    {"cursor": _cursor("2026-12-01T00:00:00+00:00|not-a-uuid")},
+    {"sort": "best_fid", "cursor": _cursor("fid|inf|00000000-0000-0000-0000-000000000000")},
+    {"sort": "best_fid", "cursor": _cursor("fid|nan|00000000-0000-0000-0000-000000000000")},
+    {"sort": "best_fid", "cursor": _cursor("fid|0x1p+2000|00000000-0000-0000-0000-000000000000")},
+], ids=["year-0", "year-10000", "naive", "bad-id", "fid-inf", "fid-nan", "fid-overflow"])
+def test_a_cursor_no_page_could_have_given_is_422_not_500(api, query):
+    response = api.get("/v1/jobs", query_string=query)
+    assert response.status_code == 422, response.get_data(as_text=True)[:300]
+    assert [e["field"] for e in response.json["errors"]] == ["cursor"]
