@@ -34,6 +34,16 @@ from core.db import (FINISHED_STATUSES, Artifact, Job, JobEvent, JobStatus, JobT
 STREAM_ONLY_KINDS = frozenset({"progress", "sample", "checkpoint", "completed"})
 
 
+# Event details only operators see: which host and process ran an attempt (worker names are host:pid). The
+# database and the workers' logs keep them; the API's events and streams leave them out (tenant_view).
+OPERATOR_ONLY_DETAILS = frozenset({"worker", "reclaimed_by"})
+
+
+def tenant_view(detail: dict[str, Any] | None) -> dict[str, Any]:
+    """An event's detail as a tenant may see it: without the workers' host names."""
+    return {key: value for key, value in (detail or {}).items() if key not in OPERATOR_ONLY_DETAILS}
+
+
 class IllegalTransition(Exception):
     """The job is not in a state that allows the requested change (the API answers 409)."""
 

@@ -190,7 +190,8 @@ def cancel(job_id: str):
            {200: "events and last_event_id"})
 def events(job_id: str):
     job = job_or_404(job_id)
-    return {"events": [{"id": e.id, "at": _iso(e.at), "kind": e.kind, "attempt": e.attempt, "detail": e.detail}
+    return {"events": [{"id": e.id, "at": _iso(e.at), "kind": e.kind, "attempt": e.attempt,
+                        "detail": jobs.tenant_view(e.detail)}
                        for e in jobs.list_events(db(), job.id)],
             "last_event_id": jobs.newest_event_id(db(), job.id)}
 

@@ -252,5 +252,5 @@ def message(event, job_path: str, error: dict[str, Any] | None = None) -> str:
         name, data = "completed", {"status": detail["status"], "error": error}
     else:
         name, data = "status", {"kind": kind, "status": STATUS_AFTER.get(kind), "attempt": event.attempt,
-                                "at": event.at.isoformat(), "detail": detail}
+                                "at": event.at.isoformat(), "detail": jobs.tenant_view(detail)}
     return f"id: {event.id}\nevent: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"

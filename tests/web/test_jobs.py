@@ -4,11 +4,12 @@ from the queue), LocalStore. The worker side is tested in tests/worker."""
 import base64
 import json
 import uuid
+from datetime import timedelta
 
 import pytest
 
 from core import jobs
-from core.db import JobStatus
+from core.db import JobStatus, utcnow
 
 TRAIN = {"dataset": "builtin:digits", "config": {"steps": 20, "img_size": 32, "img_channels": 1}}
 
@@ -139,3 +140,24 @@ def test_a_cursor_no_page_could_have_given_is_422_not_500(api, query):
     response = api.get("/v1/jobs", query_string=query)
     assert response.status_code == 422, response.get_data(as_text=True)[:300]
     assert [e["field"] for e in response.json["errors"]] == ["cursor"]
+
+
+def test_events_and_streams_do_not_show_tenants_the_workers_host_names(api, session_factory):
+    """Worker names are host:pid; the database keeps them for operators, the API leaves them out."""
+    job_id = api.post("/v1/jobs/train", json=TRAIN).json["id"]
+    with session_factory() as session:
+        first = jobs.claim_job(session, uuid.UUID(job_id), "gpu-host-7.internal:4242", 60)
+        session.commit()
+        # Its lease runs out and another worker takes it over ("reclaimed_by"), then finishes it.
+        second = jobs.claim_job(session, uuid.UUID(job_id), "gpu-host-8.internal:99", 60,
+                                now=utcnow() + timedelta(seconds=120))
+        assert second == first + 1
+        jobs.finish_job(session, uuid.UUID(job_id), second, JobStatus.SUCCEEDED)
+        session.commit()
+        kept = [e.detail for e in jobs.list_events(session, uuid.UUID(job_id))]
+    assert any("gpu-host-7" in json.dumps(detail) for detail in kept)  # still there for operators
+    timeline = api.get(f"/v1/jobs/{job_id}/events").get_data(as_text=True)
+    stream = api.get(f"/v1/jobs/{job_id}/stream").get_data(as_text=True)  # a finished job's stream replays, ends
+    assert "lease_expired" in timeline and "claimed" in timeline and "claimed" in stream
+    for text in (timeline, stream):
+        assert "gpu-host" not in text and "reclaimed_by" not in text
