@@ -27,6 +27,8 @@ from .validation import query_input, validated
 
 bp = Blueprint("artifacts", __name__, url_prefix="/v1/jobs")
 PRESIGNED_SECONDS = 300
+# Served inline (shown by the browser): the sample grids and images. Anything else is an attachment.
+INLINE_TYPES = frozenset({"image/png", "image/gif", "image/jpeg"})
 CHUNK = 1024 * 1024
 
 
@@ -103,8 +105,17 @@ def _recorded(job_id: uuid.UUID, key: str, missing: str) -> Artifact:
     return artifact
 
 
+def content_disposition(artifact: Artifact) -> str:
+    """Images show in the page (the dashboard's <img>); everything else is saved, never rendered by a browser.
+    The file name comes from the key, whose characters core.storage.keys limits to [A-Za-z0-9._-]."""
+    disposition = "inline" if artifact.content_type in INLINE_TYPES else "attachment"
+    return f'{disposition}; filename="{artifact.key.rsplit("/", 1)[-1]}"'
+
+
 def _send(artifact: Artifact):
-    url = store().presigned_url(artifact.key, PRESIGNED_SECONDS)
+    disposition = content_disposition(artifact)
+    url = store().presigned_url(artifact.key, PRESIGNED_SECONDS, content_type=artifact.content_type,
+                                content_disposition=disposition)
     if url is not None:
         return redirect(url, code=302)
     try:
@@ -120,6 +131,6 @@ def _send(artifact: Artifact):
     response = Response(stream_with_context(chunks()), mimetype=artifact.content_type)
     response.headers["Content-Length"] = str(artifact.size)
     response.headers["ETag"] = f'"{artifact.sha256}"'
-    filename = artifact.key.rsplit("/", 1)[-1]
-    response.headers["Content-Disposition"] = f'inline; filename="{filename}"'
+    response.headers["Content-Disposition"] = disposition
+    response.headers["X-Content-Type-Options"] = "nosniff"  # the app sets it on every answer; a download must have it
     return response

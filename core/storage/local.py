@@ -105,7 +105,8 @@ class LocalStore(StoreMixin):
         except OSError as exc:
             raise StorageError(f"cannot delete {prefix!r} in {self.root}: {exc}") from None
 
-    def presigned_url(self, key: str, expires_seconds: int = 300) -> str | None:
+    def presigned_url(self, key: str, expires_seconds: int = 300, content_type: str | None = None,
+                      content_disposition: str | None = None) -> str | None:
         validate_key(key)
         return None
 

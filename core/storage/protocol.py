@@ -75,8 +75,10 @@ class ArtifactStore(Protocol):
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object under `prefix`, which must end in '/' so 'jobs/1/' never takes 'jobs/10/'."""
 
-    def presigned_url(self, key: str, expires_seconds: int = 300) -> str | None:
-        """A URL a client can GET the object from, or None when the API must stream it (LocalStore)."""
+    def presigned_url(self, key: str, expires_seconds: int = 300, content_type: str | None = None,
+                      content_disposition: str | None = None) -> str | None:
+        """A URL a client can GET the object from, answering with these Content-Type / Content-Disposition
+        headers when given, or None when the API must stream it (LocalStore)."""
 
     def check(self) -> None:
         """Raise StorageError when the store cannot be reached or written (for /readyz)."""

@@ -133,13 +133,20 @@ class S3Store(StoreMixin):
                 raise StorageError(f"cannot delete {len(response['Errors'])} objects under {self._url(prefix)}, "
                                    f"first s3://{self.bucket}/{first.get('Key')}: {first.get('Code')}")
 
-    def presigned_url(self, key: str, expires_seconds: int = 300) -> str | None:
+    def presigned_url(self, key: str, expires_seconds: int = 300, content_type: str | None = None,
+                      content_disposition: str | None = None) -> str | None:
+        """`content_type` / `content_disposition`: what the store answers in those headers (S3's signed
+        response-content-* overrides), whatever the object was stored with."""
         full = self._full(key)
         if not 1 <= expires_seconds <= 7 * 24 * 3600:  # SigV4's limit
             raise StorageError(f"presigned URL for {key!r}: expires_seconds must be 1..604800, got {expires_seconds}")
+        params = {"Bucket": self.bucket, "Key": full}
+        if content_type:
+            params["ResponseContentType"] = content_type
+        if content_disposition:
+            params["ResponseContentDisposition"] = content_disposition
         with self._errors("sign", key):
-            return self._signer.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=expires_seconds)
+            return self._signer.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_seconds)
 
     def check(self) -> None:
         with self._errors("reach bucket", ""):

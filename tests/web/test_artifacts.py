@@ -87,3 +87,29 @@ def test_missing_things_are_404(app):
         response = client.get(path)
         assert response.status_code == 404 and response.mimetype == "application/problem+json", path
     assert client.get(f"/v1/jobs/{job_id}/grid?step=-1").status_code == 422
+
+
+def _headers(app, response) -> dict[str, str]:
+    """The headers the client finally gets: the API's, or the store's behind the presigned URL."""
+    if app.store_kind == "s3":
+        assert response.status_code == 302
+        with urllib.request.urlopen(response.headers["Location"]) as presigned:
+            return {name.lower(): value for name, value in presigned.headers.items()}
+    assert response.status_code == 200
+    return {name.lower(): value for name, value in response.headers.items()}
+
+
+def test_downloads_say_what_they_are_and_only_images_show_inline(app, session_factory):
+    client = authorized_client(app)
+    job_id = client.post("/v1/jobs/train", json=TRAIN).json["id"]
+    tenant = tenant_of(app, job_id)
+    _record(app, session_factory, job_id, grid_key(tenant, job_id), PNG)
+    # Bytes a browser would sniff as HTML if it were let to guess.
+    _record(app, session_factory, job_id, generator_key(tenant, job_id), b"<html><script>alert(1)</script>")
+    grid = _headers(app, client.get(f"/v1/jobs/{job_id}/grid"))
+    weights = _headers(app, client.get(f"/v1/jobs/{job_id}/generator"))
+    assert grid["content-type"] == "image/png" and grid["content-disposition"] == 'inline; filename="grid.png"'
+    assert weights["content-disposition"] == 'attachment; filename="generator.safetensors"'
+    assert weights["content-type"] == "application/octet-stream"
+    if app.store_kind == "local":  # the store behind a presigned URL sets its own other headers
+        assert grid["x-content-type-options"] == weights["x-content-type-options"] == "nosniff"
