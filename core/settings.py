@@ -39,6 +39,9 @@ class Settings:
     s3_public_endpoint_url: str = ""
     # Uploads above this are answered 413 before the body is read.
     max_upload_bytes: int = 512 * 1024 * 1024
+    # JSON bodies (job submissions, aliases) above this are answered 413: the largest valid one is a few
+    # hundred KiB (a seed list), and a JSON document is parsed whole, in memory.
+    max_json_bytes: int = 1024 * 1024
     # Longest a job may run; the broker's visibility timeout is set above it.
     max_job_seconds: int = 24 * 3600
     # Deliveries of one job before it fails with worker_lost.
@@ -88,6 +91,7 @@ class Settings:
             s3_endpoint_url=env.get("S3_ENDPOINT_URL", ""),
             s3_public_endpoint_url=env.get("S3_PUBLIC_ENDPOINT_URL", ""),
             max_upload_bytes=env_int(env, "DCGAN_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
+            max_json_bytes=env_int(env, "DCGAN_MAX_JSON_BYTES", cls.max_json_bytes),
             max_job_seconds=env_int(env, "DCGAN_MAX_JOB_SECONDS", cls.max_job_seconds),
             max_attempts=env_int(env, "DCGAN_MAX_ATTEMPTS", cls.max_attempts),
             lease_seconds=env_int(env, "DCGAN_LEASE_SECONDS", cls.lease_seconds),

@@ -22,6 +22,7 @@ from .resources import attach, readiness_checks
 from .sampling import bp as sampling_bp
 from .stream import bp as stream_bp
 from .stream import install as install_streams
+from .validation import limit_json_bodies
 
 # Every route the API serves; web.openapi documents exactly these.
 BLUEPRINTS = (health_bp, jobs_bp, stream_bp, artifacts_bp, datasets_bp, generators_bp, sampling_bp)
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Bodies above the limit are refused with 413 from the Content-Length header, before reading them.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     register_error_handlers(app)
+    app.before_request(limit_json_bodies)
     attach(app, settings)
     install_auth(app, settings)
     install_streams(app)

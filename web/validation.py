@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Mapping, TypeVar
 
-from flask import Request
+from flask import Request, current_app, request
 
 from core import registry
 from core.archives import ArchiveError
@@ -69,7 +69,8 @@ def validated(model: type[M], data: Any, errors: list[dict[str, str]] | None = N
 
 
 def json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object: 415 for another content type, 400 for malformed JSON or a non-object."""
+    """The request's JSON object: 415 for another content type, 400 for malformed JSON or a non-object (the
+    size limit is `limit_json_bodies`')."""
     if not request.is_json:
         raise Problem(415, f"expected Content-Type application/json, got {request.mimetype or 'none'}")
     try:
@@ -82,6 +83,19 @@ def json_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise Problem(400, "the body must be a JSON object", slug="malformed-json", title="Malformed JSON")
     return body
+
+
+def limit_json_bodies() -> None:
+    """Before any view reads a JSON body (an Idempotency-Key's fingerprint reads it first): 413 past
+    DCGAN_MAX_JSON_BYTES, from its Content-Length, before it is read. The app's own limit is the uploads'; a
+    JSON document is parsed whole, in memory. waitress, which serves the API, de-chunks a chunked body before
+    the app sees it and passes its length, so this covers chunked bodies too."""
+    if not request.is_json:
+        return
+    limit = current_app.config["SETTINGS"].max_json_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise Problem(413, f"a JSON body may have at most {limit} bytes (DCGAN_MAX_JSON_BYTES); this one says it "
+                           f"has {request.content_length}")
 
 
 def form_input(request: Request, expects: str) -> tuple[dict[str, Any], list[dict[str, str]]]:

@@ -22,6 +22,8 @@ CASES = [
          "validation-error"),
     Case("deeply nested", post_raw("/v1/jobs/train", "[" * 100_000 + "]" * 100_000), 400, "malformed-json"),
     Case("not an object", post_raw("/v1/jobs/generate", "[1, 2, 3]"), 400, "malformed-json"),
+    Case("a JSON body over DCGAN_MAX_JSON_BYTES (1 MiB)", post_raw("/v1/jobs/train", '{"dataset": "' + "x" * 1_100_000
+                                                                  + '"}'), 413, "payload-too-large"),
     Case("invalid UTF-8", post_raw("/v1/jobs/train", b'{"dataset": "\xff\xfe\xfd"}'), 400, "malformed-json"),
     Case("huge integer", post_json("/v1/jobs/train", {**TRAIN, "config": {**CONFIG, "steps": 10**40}}), 422,
          "validation-error"),
@@ -42,3 +44,4 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile_bodies(api, case: Case):
     check(api, case)
+
