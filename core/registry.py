@@ -149,12 +149,6 @@ def of_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> list[Ge
                                 .order_by(Generator.version)))
 
 
-def versions_of(session: Session, tenant_id: uuid.UUID, name: str) -> list[Generator]:
-    """Every version of the tenant's `name`, newest first."""
-    return list(session.scalars(select(Generator).where(Generator.tenant_id == tenant_id, Generator.name == name)
-                                .order_by(Generator.version.desc())))
-
-
 def default_name(dataset_reference: str, dataset_display_name: str | None = None) -> str:
     """A training job's registry name when its request gives none: the dataset's name (`builtin:digits` ->
     `digits`; an uploaded dataset's display name without its archive suffix)."""

@@ -37,8 +37,7 @@ from core.weights import WeightsError, check_generator_weights
 from .idempotency import commit_upload, idempotent
 from .openapi import operation
 from .problems import Problem
-from .resources import store
-from .resources import db
+from .resources import db, store
 from .tenancy import tenant_id
 from .validation import form_input, json_body, query_input, refused_upload, validated
 

@@ -32,7 +32,7 @@ from core.request_models import EvaluateJobRequest, RequestInvalid, validate
 from core.storage import evaluation_key
 
 from worker.attempt import Attempt, FencedOut
-from worker.loading import load_dataset, load_version
+from worker.loading import load_dataset, load_version, worker_cache
 
 # Progress (images scored so far) is written at most this often.
 PROGRESS_SECONDS = 1.0
@@ -73,7 +73,7 @@ def run_evaluation(run: Attempt) -> None:
     name = asked.dataset.removeprefix("builtin:")  # the builtins' own networks for net=auto
     try:
         result: dict[str, Any] = evaluate(generate, real.images, dataset=name, num=asked.num, feature_net=asked.net,
-                                          cache_dir=run.context.settings.data_dir / "cache" / "metrics",
+                                          cache_dir=worker_cache(run, "metrics"),
                                           device=device)
     except _Cancelled:
         run.finish(JobStatus.CANCELLED)

@@ -16,7 +16,7 @@ from core.gan.config import TrainConfig
 from core.gan.data import IMAGE_SUFFIXES, DataError, ImageSet, load_images
 from core.gan.sample import Sampler, SampleError, SamplerOptions
 from core.request_models import parse_dataset_reference
-from core.storage import ObjectNotFound, dataset_prefix
+from core.storage import ArtifactStore, ObjectNotFound, dataset_prefix
 from core.weights import check_generator_file
 
 from worker.attempt import Attempt
@@ -25,7 +25,7 @@ from worker.attempt import Attempt
 def load_dataset(run: Attempt, reference: Any, img_size: int, img_channels: int, folder: Path) -> ImageSet:
     """`builtin:<name>`, or a dataset id whose images are downloaded from the store into `folder`, at the
     size and channels asked for."""
-    cache_dir = run.context.settings.data_dir / "cache" / "datasets"
+    cache_dir = worker_cache(run, "datasets")
     if not isinstance(reference, str) or not reference:
         raise DataError("dataset: the job names no dataset")
     parsed = parse_dataset_reference(reference)  # DataError for an unknown builtin or a malformed id
@@ -44,6 +44,11 @@ def load_dataset(run: Attempt, reference: Any, img_size: int, img_channels: int,
     return load_images(f"folder:{folder}", img_size, img_channels, cache_dir=cache_dir)
 
 
+def worker_cache(run: Attempt, kind: str) -> Path:
+    """Where this worker caches `kind` (decoded datasets, real-image statistics) across jobs."""
+    return run.context.settings.data_dir / "cache" / kind
+
+
 def load_version(run: Attempt, generator_id: uuid.UUID, path: Path, device: str,
                  options: SamplerOptions = SamplerOptions()) -> Sampler:
     """A registry version (an upload, or a training job's final or best generator) ready to sample.
@@ -54,13 +59,22 @@ def load_version(run: Attempt, generator_id: uuid.UUID, path: Path, device: str,
     version = run.session.get(Generator, generator_id)
     if version is None or version.tenant_id != run.tenant_id:
         raise SampleError(f"generator {generator_id}: no such generator in the registry")
+    label = f"{version.name}:{version.version}"
     try:
-        run.store.get_file(version.storage_key, path)
+        return load_checked_weights(run.store, version.storage_key, version.sha256, version.config, label, path,
+                                    device, options)
     except ObjectNotFound:
-        raise SampleError(f"generator {version.name}:{version.version}: its weights are missing from the store") \
-            from None
-    checked = check_generator_file(path, version.config)  # WeightsError: FAILED as weights_error
-    if checked.sha256 != version.sha256:
-        raise CheckpointError(f"generator {version.name}:{version.version}: the stored weights are not the ones "
-                              f"registered (sha256 {checked.sha256}, recorded {version.sha256})")
-    return Sampler.from_state(TrainConfig.from_dict(version.config), path, device=device, options=options)
+        raise SampleError(f"generator {label}: its weights are missing from the store") from None
+
+
+def load_checked_weights(store: ArtifactStore, key: str, sha256: str, config: dict[str, Any], label: str,
+                         path: Path, device: str, options: SamplerOptions = SamplerOptions()) -> Sampler:
+    """Download registered weights to `path`, check them (core.weights: WeightsError) and their sha256 against
+    the registered one (CheckpointError), and load them with safetensors only. The one way every worker --
+    generate and evaluate jobs, the sampling worker -- turns a registry version's weights into a Sampler."""
+    store.get_file(key, path)  # ObjectNotFound when they are gone
+    checked = check_generator_file(path, config)
+    if checked.sha256 != sha256:
+        raise CheckpointError(f"generator {label}: the stored weights are not the ones registered (sha256 "
+                              f"{checked.sha256}, recorded {sha256})")
+    return Sampler.from_state(TrainConfig.from_dict(config), path, device=device, options=options)

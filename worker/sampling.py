@@ -8,9 +8,9 @@ the normalised render spec (core.sampling_requests), the sampler precision and w
 Loaded generators stay in an LRU (cachetools) keyed by the weights' content sha256 and the precision: the
 same bytes are the same generator, whoever uploaded or registered them, so a hit needs no download. A miss
 downloads the weights, checks them again with core.weights (the process that loads a file checks it) and
-against the recorded sha256, then loads them with safetensors only -- as a generate job does
-(worker.loading.load_version), and a grid is rendered by the same calls as worker.tasks._generate, so its
-PNG bytes are the job's.
+against the recorded sha256, then loads them with safetensors only -- through the same function as a
+generate job (worker.loading.load_checked_weights), and a grid is rendered by the same calls as
+worker.tasks._generate, so its PNG bytes are the job's.
 
 Warm by design: torch, PIL's encoders, the artifact store's client and oneDNN's kernels for the default
 generator shapes are all set up when the worker starts, before it says it is alive, so the first request
@@ -24,7 +24,6 @@ worth redelivering, its client has had its 504 by then.
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import tempfile
@@ -44,17 +43,17 @@ from core.error_text import first_line
 from core.gan.checkpoint import CheckpointError
 from core.gan.config import TrainConfig
 from core.gan.models import build_generator
-from core.gan.sample import Sampler, SampleError, SamplerOptions, grid_image, image_list, png_bytes
+from core.gan.sample import Sampler, SampleError, SamplerOptions, gif_bytes, grid_image, image_list, png_bytes
 from core.queue import SAMPLE
 from core.sampling_channel import BEAT_SECONDS, Liveness, send_reply
 from core.settings import Settings
 from core.storage import ObjectNotFound, StorageError, open_store
-from core.weights import WeightsError, check_generator_file
+from core.weights import WeightsError
+
+from worker.loading import load_checked_weights
 
 log = get_task_logger(__name__)
 
-# save_gif's frame time: the GIF is the one `dcgan sample --interpolate` writes.
-GIF_FRAME_MS = 80
 # Generator shapes whose kernels are warmed at start: the default width at the usual sizes, gray and colour.
 WARM_SHAPES = [(size, channels) for size in (32, 64) for channels in (1, 3)]
 PRECISION_OPTIONS = {"fp32": SamplerOptions(), "bf16": SamplerOptions(precision="bf16"),
@@ -88,7 +87,7 @@ class SamplingService:
             sampler = Sampler(build_generator(config), config, self.device, options)
             images = sampler.images_for_seeds(range(16))
             png_bytes(grid_image(images, nrow=4))
-            _gif_bytes(image_list(images[:2]))
+            gif_bytes(image_list(images[:2]))
         return time.perf_counter() - started
 
     def start_beat(self) -> None:
@@ -166,14 +165,10 @@ class SamplingService:
             return sampler, True
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="dcgan-sample-") as folder:
-            path = Path(folder) / "generator.safetensors"
-            self.store.get_file(generator["storage_key"], path)
-            checked = check_generator_file(path, generator["config"])
-            if checked.sha256 != generator["sha256"]:
-                raise CheckpointError(f"generator {generator['id']}: the stored weights are not the recorded ones "
-                                      f"(sha256 {checked.sha256}, recorded {generator['sha256']})")
-            sampler = Sampler.from_state(TrainConfig.from_dict(generator["config"]), path, self.device,
-                                         PRECISION_OPTIONS[precision])
+            sampler = load_checked_weights(self.store, generator["storage_key"], generator["sha256"],
+                                           generator["config"], generator["id"],
+                                           Path(folder) / "generator.safetensors", self.device,
+                                           PRECISION_OPTIONS[precision])
         timings["load"] = _ms(started)
         self.samplers[key] = sampler
         log.info("sampler %s: loaded generator %s (sha256 %s, %s) in %.0f ms; %d of %d cached", self.name,
@@ -201,15 +196,9 @@ def _render(sampler: Sampler, render: dict[str, Any], timings: dict[str, float])
     elif kind == "image":
         answer = "image/png", png_bytes(image_list(images)[0])
     else:
-        answer = "image/gif", _gif_bytes(image_list(images))
+        answer = "image/gif", gif_bytes(image_list(images))
     timings["encode"] = _ms(started)
     return answer
-
-
-def _gif_bytes(frames: list) -> bytes:
-    buffer = io.BytesIO()
-    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=GIF_FRAME_MS, loop=0)
-    return buffer.getvalue()
 
 
 def _ms(since: float) -> float:

@@ -59,7 +59,7 @@ from core.storage import (ObjectNotFound, best_generator_key, checkpoint_key, ge
 
 from worker.attempt import Attempt, Context, FencedOut, StorageUnavailable
 from worker.evaluation import run_evaluation
-from worker.loading import load_dataset, load_version
+from worker.loading import load_dataset, load_version, worker_cache
 
 log = get_task_logger(__name__)
 
@@ -283,7 +283,7 @@ def _train(run: Attempt) -> None:
             hooks = _TrainHooks(run, notes, candidate)
             try:
                 result = train(config, data, tmp_dir / "run", resume_from=path, callbacks=hooks.callbacks(),
-                               cache_dir=run.context.settings.data_dir / "cache" / "metrics", best=_best_of(job))
+                               cache_dir=worker_cache(run, "metrics"), best=_best_of(job))
                 break
             except CheckpointError as exc:
                 if path is None or hooks.started:

@@ -43,14 +43,13 @@ class Scores:
 class TrainingEvaluator:
     """Scores generators of one run against its training images with one feature network."""
 
-    def __init__(self, config: TrainConfig, data: ImageSet, device: torch.device, cache_dir: Path | None,
-                 best: dict[str, Any] | None = None):
+    def __init__(self, config: TrainConfig, data: ImageSet, device: torch.device, cache_dir: Path | None):
         self.config, self.data, self.device, self.cache_dir = config, data, torch.device(device), cache_dir
-        self.net_name = resolve_feature_net(config.eval_net, data.name)
-        self.net = load_feature_net(self.net_name, self.device)
+        self.net = load_feature_net(resolve_feature_net(config.eval_net, data.name), self.device)
         self.real = data.images.cpu()
-        # {"step", "fid", "kid"} of the best generator so far (None before the first evaluation)
-        self.best: dict[str, Any] | None = dict(best) if best else None
+        # {"step", "fid", "kid"} of the best generator so far: None before the first evaluation; a checkpoint
+        # or the host (core.gan.train.train's `best`) sets it on a resumed run.
+        self.best: dict[str, Any] | None = None
 
     def due(self, step: int, total: int) -> bool:
         every = self.config.eval_every

@@ -41,6 +41,8 @@ from .models import Generator, build_generator
 # gives bitwise the same image at any batch position; cuDNN does not (measured on an H100: ~1e-5 apart),
 # so on CUDA each seed gets its own forward unless SamplerOptions.micro_batch trades that for throughput.
 MICRO_BATCH = {"cpu": 16, "cuda": 1}
+# An interpolation GIF's frame time.
+GIF_FRAME_MS = 80
 
 # A bf16, fp16 or int8 path serves only if its uint8 images of GATE_SEEDS are at least this close to fp32's
 # (PSNR); 35 dB is about one grey level of RMS error, invisible side by side.
@@ -215,12 +217,18 @@ def save_png(image: Image.Image, path: Path) -> None:
     atomic_write(Path(path), lambda f: f.write(data))
 
 
-def save_gif(frames: Sequence[Image.Image], path: Path, duration_ms: int = 80) -> None:
-    def write(f) -> None:
-        frames[0].save(f, format="GIF", save_all=True, append_images=list(frames[1:]), duration=duration_ms,
-                       loop=0)
+def gif_bytes(frames: Sequence[Image.Image], duration_ms: int = GIF_FRAME_MS) -> bytes:
+    """An animated GIF of the frames, looping: what `dcgan sample --interpolate` writes and the sampling
+    routes answer."""
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=list(frames[1:]), duration=duration_ms,
+                   loop=0)
+    return buffer.getvalue()
 
-    atomic_write(Path(path), write)
+
+def save_gif(frames: Sequence[Image.Image], path: Path, duration_ms: int = GIF_FRAME_MS) -> None:
+    data = gif_bytes(frames, duration_ms)
+    atomic_write(Path(path), lambda f: f.write(data))
 
 
 def default_nrow(count: int) -> int:
