@@ -78,6 +78,35 @@ class Settings:
     # job runs beside them they wait on each other -- the grid's p99 through the API was 311 ms with two, 71 ms
     # with one. A sampler with cores of its own may take more.
     sample_threads: int = 1
+    # ----- limits (what one request may cost; issue 11) -----
+    # A job's estimated peak memory (core.gan.cost: weights, gradients, optimisers, EMA, activations at the
+    # batch size; a generate job's output chunk) above this is refused at submission with 422; a worker also
+    # refuses to claim a job its device cannot hold. The default fits a 24 GB GPU with room for the runtime.
+    max_job_memory_bytes: int = 20 * 1024**3
+    # A job's estimated storage (checkpoints kept x checkpoint size + sample grids + outputs) above this is
+    # refused at submission with 422.
+    max_job_storage_bytes: int = 20 * 1024**3
+    # Seeds one generate job may ask for (the API's 422 past it).
+    max_seeds_per_job: int = 50_000
+    # Jobs a tenant may create per hour, cancelled ones included (429 past it).
+    max_jobs_per_hour: int = 1000
+    # Bytes a tenant may keep in the artifact store (its jobs' artifacts, datasets and uploaded generators). A
+    # job whose estimate would pass it is refused up front; a running one that reaches it fails `storage_quota`.
+    tenant_storage_bytes: int = 100 * 1024**3
+    # The smallest checkpoint_every and sample_every a training job may ask for (0, "only at the end", stays
+    # allowed): a checkpoint or grid every step costs a write per step for nothing a user can use.
+    min_checkpoint_every: int = 10
+    min_sample_every: int = 10
+    # Intermediate checkpoints a training job keeps: older ones are deleted as new ones land (the final
+    # checkpoint, the best generator and the one a resume would use are never deleted).
+    keep_checkpoints: int = 3
+    # Failed authentications (unknown, revoked or malformed keys) one client address may make per minute
+    # before its requests get 429 without being checked.
+    failed_auth_per_minute: int = 30
+    # Operator override: the bytes of memory a worker believes its device has for a job (0: measure it, the
+    # default: CUDA's free and total memory, or the CPU's MemAvailable and MemTotal within the cgroup's limit).
+    # Set it to reserve memory for other processes on the machine, or in tests; it only ever lowers the numbers.
+    worker_memory_bytes: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -106,6 +135,16 @@ class Settings:
             sample_cache_size=env_int(env, "DCGAN_SAMPLE_CACHE_SIZE", cls.sample_cache_size),
             sample_precision=env.get("DCGAN_SAMPLE_PRECISION", cls.sample_precision),
             sample_threads=env_int(env, "DCGAN_SAMPLE_THREADS", cls.sample_threads),
+            max_job_memory_bytes=env_int(env, "DCGAN_MAX_JOB_MEMORY_BYTES", cls.max_job_memory_bytes),
+            max_job_storage_bytes=env_int(env, "DCGAN_MAX_JOB_STORAGE_BYTES", cls.max_job_storage_bytes),
+            max_seeds_per_job=env_int(env, "DCGAN_MAX_SEEDS_PER_JOB", cls.max_seeds_per_job),
+            max_jobs_per_hour=env_int(env, "DCGAN_MAX_JOBS_PER_HOUR", cls.max_jobs_per_hour),
+            tenant_storage_bytes=env_int(env, "DCGAN_TENANT_STORAGE_BYTES", cls.tenant_storage_bytes),
+            min_checkpoint_every=env_int(env, "DCGAN_MIN_CHECKPOINT_EVERY", cls.min_checkpoint_every),
+            min_sample_every=env_int(env, "DCGAN_MIN_SAMPLE_EVERY", cls.min_sample_every),
+            keep_checkpoints=env_int(env, "DCGAN_KEEP_CHECKPOINTS", cls.keep_checkpoints),
+            failed_auth_per_minute=env_int(env, "DCGAN_FAILED_AUTH_PER_MINUTE", cls.failed_auth_per_minute),
+            worker_memory_bytes=env_int(env, "DCGAN_WORKER_MEMORY_BYTES", cls.worker_memory_bytes),
         )
         return settings.with_defaults()
 

@@ -73,7 +73,8 @@ def platform(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("platform")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "STORAGE_URL")}
-    env.update(DCGAN_THREADS="1", PYTHONUNBUFFERED="1")
+    # No cadence floor (1): the tests train a few steps with a checkpoint or sample every few.
+    env.update(DCGAN_THREADS="1", PYTHONUNBUFFERED="1", DCGAN_MIN_CHECKPOINT_EVERY="1", DCGAN_MIN_SAMPLE_EVERY="1")
     log = open(data_dir / "up.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "cli", "up", "--port", str(port), "--data-dir",
                                 str(data_dir)], cwd=ROOT, env=env, stdout=log,

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from core.auth import authenticate, create_key
@@ -5,7 +7,8 @@ from core.settings import Settings
 from tests.conftest import flushed_redis
 from web import create_app
 
-TEST_REDIS_URL = "redis://127.0.0.1:6379/12"  # the machine's Redis, a database of its own for these tests
+# The machine's Redis, a database of its own for these tests (another one for a second suite run beside this one).
+TEST_REDIS_URL = os.environ.get("DCGAN_TEST_WEB_REDIS_URL", "redis://127.0.0.1:6379/12")
 
 
 @pytest.fixture
@@ -28,7 +31,9 @@ def authorized_client(app, tenant: str = "tests"):
 
 def make_app(engine, tmp_path, **overrides):
     url = engine.url.render_as_string(hide_password=False)
-    values = dict(data_dir=tmp_path, database_url=url, redis_url=TEST_REDIS_URL)
+    # No cadence floor: tests train a few steps with a checkpoint or sample every few (test_quotas tests the floor).
+    values = dict(data_dir=tmp_path, database_url=url, redis_url=TEST_REDIS_URL, min_checkpoint_every=1,
+                  min_sample_every=1)
     values.update(overrides)
     return create_app(Settings(**values).with_defaults())
 

@@ -81,7 +81,7 @@ def settings(database_url, redis_url, s3_endpoint, s3_bucket, tmp_path_factory) 
     """What the worker reads from its environment, as a Settings object for the test's side."""
     return Settings(data_dir=tmp_path_factory.mktemp("worker-data"), database_url=database_url,
                     redis_url=redis_url, storage_url=f"s3://{s3_bucket}/artifacts",
-                    s3_endpoint_url=s3_endpoint).with_defaults()
+                    s3_endpoint_url=s3_endpoint, min_checkpoint_every=1, min_sample_every=1).with_defaults()
 
 
 @pytest.fixture(scope="module")
