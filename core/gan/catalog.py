@@ -26,16 +26,18 @@ class NamedDataset:
     channels: int | None
     # Loads on a machine without internet: the platform offers only these, as builtin:<name>.
     offline: bool
+    # Images it loads (core.gan.data: the train split), what core.gan.cost counts epochs and memory by.
+    num_images: int | None = None
 
 
 NAMED_DATASETS = (
-    NamedDataset("digits", "scikit-learn's bundled 8x8 digits (1,797 images)", 1, True),
+    NamedDataset("digits", "scikit-learn's bundled 8x8 digits (1,797 images)", 1, True, 1797),
     NamedDataset("fashion-mnist", "Debian's dataset-fashion-mnist under /usr/share/datasets/fashion-mnist/, "
-                                  "else torchvision's downloader", 1, True),
-    NamedDataset("mnist", "torchvision's downloader (online machines)", 1, False),
-    NamedDataset("cifar10", "torchvision's downloader (online machines)", 3, False),
-    NamedDataset("celeba", "torchvision's downloader (online machines)", 3, False),
-    NamedDataset("fake", "seeded noise, for smoke tests", None, True),
+                                  "else torchvision's downloader", 1, True, 60_000),
+    NamedDataset("mnist", "torchvision's downloader (online machines)", 1, False, 60_000),
+    NamedDataset("cifar10", "torchvision's downloader (online machines)", 3, False, 50_000),
+    NamedDataset("celeba", "torchvision's downloader (online machines)", 3, False, 162_770),
+    NamedDataset("fake", "seeded noise, for smoke tests", None, True, 512),
 )
 NAMES = tuple(dataset.name for dataset in NAMED_DATASETS)
 OFFLINE = tuple(dataset.name for dataset in NAMED_DATASETS if dataset.offline)
@@ -43,3 +45,9 @@ GRAYSCALE = tuple(dataset.name for dataset in NAMED_DATASETS if dataset.channels
 # How the platform's requests name a dataset of this list (the ones that load offline): builtin:<name>.
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DATASETS = tuple(BUILTIN_PREFIX + name for name in OFFLINE)
+
+
+def builtin_size(reference: str) -> int | None:
+    """How many images `builtin:<name>` (or a bare catalog name) loads; None for a name not in the catalog."""
+    name = reference.removeprefix(BUILTIN_PREFIX)
+    return next((dataset.num_images for dataset in NAMED_DATASETS if dataset.name == name), None)
