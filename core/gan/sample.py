@@ -196,14 +196,20 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def grid_image(images: torch.Tensor, nrow: int = 8) -> Image.Image:
-    """Images in [-1, 1] -> one PIL grid via torchvision's make_grid (2-pixel padding)."""
-    grid = make_grid(to_uint8(images), nrow=max(1, nrow), padding=2, pad_value=0)
+    """Images in [-1, 1] (or already to_uint8's pixels) -> one PIL grid via torchvision's make_grid (2-pixel
+    padding); the same bytes either way, so a generate job may keep only the uint8 images of its grid."""
+    grid = make_grid(_pixels(images), nrow=max(1, nrow), padding=2, pad_value=0)
     # make_grid repeats a single channel three times; keep grayscale grids grayscale (smaller PNGs).
     return _to_pil(grid[:1] if images.shape[1] == 1 else grid)
 
 
 def image_list(images: torch.Tensor) -> list[Image.Image]:
-    return [_to_pil(image) for image in to_uint8(images)]
+    """Images in [-1, 1] (or already to_uint8's pixels) -> one PIL image each."""
+    return [_to_pil(image) for image in _pixels(images)]
+
+
+def _pixels(images: torch.Tensor) -> torch.Tensor:
+    return images if images.dtype == torch.uint8 else to_uint8(images)
 
 
 def png_bytes(image: Image.Image) -> bytes:
