@@ -17,6 +17,14 @@ A valid key is remembered in the process for AUTH_CACHE_SECONDS (a cachetools.TT
 polling a job costs one database query instead of two; a revoked key therefore stops working within that
 many seconds (a key that was never accepted by this process is refused at once). Unknown keys are not
 cached.
+
+Guessing is throttled per client address (web.rate_limit's FailedAuthLimit): every malformed, unknown or
+revoked key, and every session whose key no longer works, counts against the request's address, and an address
+past DCGAN_FAILED_AUTH_PER_MINUTE in the window gets 429 `too-many-failed-authentications` (Retry-After) on
+every /v1/ route before its key is looked at -- a valid key too, so a guess that hits is not told so. A request
+with no credentials at all is not a guess (a dashboard whose session ended keeps polling) and is not counted;
+neither is a CSRF refusal (its session is valid) nor the OpenAPI document. Signing in to the dashboard with a
+key (web.pages.signin) counts and is throttled the same way.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from core.auth import authenticate, hash_key
 from core.settings import Settings
 
 from .problems import Problem
-from .rate_limit import RateLimit
+from .rate_limit import FailedAuthLimit, RateLimit, fixed_window_limiter
 from .resources import db
 from .session_auth import session_key_hash, session_tenant
 
@@ -61,7 +69,9 @@ class KeyCache:
 
 def install(app: Flask, settings: Settings) -> None:
     app.extensions["dcgan"]["key_cache"] = KeyCache()
-    app.extensions["dcgan"]["rate_limiter"] = RateLimit(settings)
+    limiter = fixed_window_limiter(settings)  # one Redis storage for both limits
+    app.extensions["dcgan"]["rate_limiter"] = RateLimit(settings, limiter)
+    app.extensions["dcgan"]["failed_auth"] = FailedAuthLimit(settings, limiter)
     app.before_request(_authenticate)
 
 
@@ -76,9 +86,16 @@ def unauthorized(detail: str, error: str | None = None) -> Problem:
                    headers={"WWW-Authenticate": challenge})
 
 
+def failed_authentication(detail: str, error: str) -> Problem:
+    """A 401 for credentials that were sent and refused, counted against the client's address."""
+    current_app.extensions["dcgan"]["failed_auth"].count(request.remote_addr)
+    return unauthorized(detail, error)
+
+
 def _authenticate() -> None:
     if request.url_rule is None or open_endpoint(request.endpoint, request.path):
         return
+    current_app.extensions["dcgan"]["failed_auth"].check(request.remote_addr)
     header = request.headers.get("Authorization")
     if header is None and (key_hash := session_key_hash()) is not None:
         _authenticate_session(key_hash)
@@ -88,14 +105,14 @@ def _authenticate() -> None:
     scheme, _, secret = header.strip().partition(" ")
     secret = secret.strip()
     if scheme.lower() != "bearer" or not secret or " " in secret:
-        raise unauthorized("the Authorization header must be 'Bearer <key>'", "invalid_request")
+        raise failed_authentication("the Authorization header must be 'Bearer <key>'", "invalid_request")
     key_hash = hash_key(secret)
     cache: KeyCache = current_app.extensions["dcgan"]["key_cache"]
     tenant = cache.get(key_hash)
     if tenant is None:
         tenant = authenticate(db(), secret)
         if tenant is None:
-            raise unauthorized("the API key is unknown or revoked", "invalid_token")
+            raise failed_authentication("the API key is unknown or revoked", "invalid_token")
         cache.put(key_hash, tenant)
     g.tenant_id = tenant
     current_app.extensions["dcgan"]["rate_limiter"].check(key_hash[:32])  # accepted keys only: no guesses
@@ -106,8 +123,8 @@ def _authenticate_session(key_hash: str) -> None:
     prove with the CSRF token that a page of this site sent it."""
     tenant = session_tenant()
     if tenant is None:
-        raise unauthorized("the API key this session signed in with is revoked or unknown; sign in again",
-                           "invalid_token")
+        raise failed_authentication("the API key this session signed in with is revoked or unknown; sign in again",
+                                    "invalid_token")
     if request.method not in SAFE_METHODS:
         try:
             validate_csrf(request.headers.get(CSRF_HEADER))

@@ -155,7 +155,8 @@ def _components(models: set[type[RequestModel]]) -> dict[str, Any]:
         "responses": {
             "Unauthorized": {"description": "no, a malformed, an unknown or a revoked API key",
                              "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}}, "content": problem},
-            "TooManyRequests": {"description": "the key's rate limit per minute, or the tenant's cap on queued jobs",
+            "TooManyRequests": {"description": "the key's rate limit per minute, the tenant's cap on queued jobs, "
+                                               "or too many failed authentications from the client's address",
                                 "headers": {"Retry-After": {"schema": {"type": "integer"},
                                                             "description": "seconds to wait"}},
                                 "content": problem},

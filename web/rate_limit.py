@@ -16,6 +16,13 @@ The database, not Redis, is the source of truth, so a Redis that cannot be reach
 with one warning instead of failing the API, and is left alone for a few seconds after a failure so each
 request does not pay for another connection attempt (`FailOpenRedisStorage`, a subclass of `limits`'
 storage, the library's way to extend one).
+
+Failed authentications are limited too, per client address (`FailedAuthLimit`, DCGAN_FAILED_AUTH_PER_MINUTE in
+the same fixed windows and storage): web.auth counts every refused key or session of an address, and once an
+address has used up its window, its requests to /v1/ routes are 429 `too-many-failed-authentications` before
+their key is looked at, so guessing keys stops there while other addresses go on. The address is the
+connection's (`request.remote_addr`): the app trusts no X-Forwarded-For, so behind a proxy every client shares
+the proxy's address unless the deployment wraps the app in werkzeug's ProxyFix.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 import redis
-from limits import RateLimitItemPerMinute
+from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
@@ -74,26 +81,62 @@ class FailOpenRedisStorage(RedisStorage):
         return self._fail_open(lambda: super(FailOpenRedisStorage, self).get_expiry(key), time.time())
 
 
-class RateLimit:
-    """`settings.rate_limit_per_minute` requests per key and fixed window; nothing is counted without Redis
-    (a bare app in a test), as before there was a broker."""
+def fixed_window_limiter(settings: Settings) -> FixedWindowRateLimiter | None:
+    """A fixed-window limiter on the broker's Redis (fail-open), or None without Redis (a bare app in a test):
+    then nothing is counted, as before there was a broker."""
+    if not settings.redis_url:
+        return None
+    storage = FailOpenRedisStorage(settings.redis_url, key_prefix=KEY_PREFIX,
+                                   socket_connect_timeout=REDIS_TIMEOUT_SECONDS, socket_timeout=REDIS_TIMEOUT_SECONDS)
+    return FixedWindowRateLimiter(storage)
 
-    def __init__(self, settings: Settings) -> None:
+
+def _retry_after(limiter: FixedWindowRateLimiter, item: RateLimitItem, *identifiers: str) -> int:
+    """Whole seconds until the window of `identifiers` resets (at least 1)."""
+    reset_at, _ = limiter.get_window_stats(item, *identifiers)
+    return max(1, math.ceil(reset_at - time.time()))
+
+
+class RateLimit:
+    """`settings.rate_limit_per_minute` requests per key and fixed window."""
+
+    def __init__(self, settings: Settings, limiter: FixedWindowRateLimiter | None = None) -> None:
         self.per_minute = settings.rate_limit_per_minute
         self.item = RateLimitItemPerMinute(self.per_minute)
-        self.limiter = None
-        if settings.redis_url:
-            storage = FailOpenRedisStorage(settings.redis_url, key_prefix=KEY_PREFIX,
-                                           socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-                                           socket_timeout=REDIS_TIMEOUT_SECONDS)
-            self.limiter = FixedWindowRateLimiter(storage)
+        self.limiter = limiter if limiter is not None else fixed_window_limiter(settings)
 
     def check(self, key: str) -> None:
         """Count one request of `key`; a 429 Problem when it is one too many."""
         if self.limiter is None or self.limiter.hit(self.item, key):
             return
-        reset_at, _ = self.limiter.get_window_stats(self.item, key)
-        retry_after = max(1, math.ceil(reset_at - time.time()))  # whole seconds until the window resets
+        retry_after = _retry_after(self.limiter, self.item, key)
         raise Problem(429, f"more than {self.per_minute} requests in a minute with this API key; retry in "
                            f"{retry_after} s", slug="rate-limited", title="Rate limit exceeded",
                       headers={"Retry-After": str(retry_after)})
+
+
+class FailedAuthLimit:
+    """`settings.failed_auth_per_minute` failed authentications per client address and fixed window: `check`
+    before a key is looked at, `count` for each one refused."""
+
+    NAMESPACE = "failed-auth"  # beside the per-key counters in the same storage
+
+    def __init__(self, settings: Settings, limiter: FixedWindowRateLimiter | None = None) -> None:
+        self.per_minute = settings.failed_auth_per_minute
+        self.item = RateLimitItemPerMinute(self.per_minute)
+        self.limiter = limiter if limiter is not None else fixed_window_limiter(settings)
+
+    def check(self, address: str | None) -> None:
+        """A 429 Problem when `address` has used up its failed authentications in this window."""
+        if self.limiter is None or self.limiter.test(self.item, self.NAMESPACE, address or "unknown"):
+            return
+        retry_after = _retry_after(self.limiter, self.item, self.NAMESPACE, address or "unknown")
+        raise Problem(429, f"{self.per_minute} failed authentications in a minute from this address "
+                           f"(DCGAN_FAILED_AUTH_PER_MINUTE); retry in {retry_after} s",
+                      slug="too-many-failed-authentications",
+                      title="Too many failed authentications", headers={"Retry-After": str(retry_after)})
+
+    def count(self, address: str | None) -> None:
+        """Count one failed authentication of `address`."""
+        if self.limiter is not None:
+            self.limiter.hit(self.item, self.NAMESPACE, address or "unknown")

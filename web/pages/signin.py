@@ -1,10 +1,13 @@
-"""Signing in to the dashboard with an API key, and out again (web.session_auth keeps the session)."""
+"""Signing in to the dashboard with an API key, and out again (web.session_auth keeps the session). A key that
+is refused counts against the client's address as a refused API key does (web.auth), and an address past
+DCGAN_FAILED_AUTH_PER_MINUTE is answered 429 before its key is looked at."""
 
 from __future__ import annotations
 
-from flask import redirect, render_template, request, url_for
+from flask import current_app, redirect, render_template, request, url_for
 
 from .. import session_auth
+from ..problems import Problem
 from . import bp
 
 
@@ -23,7 +26,13 @@ def signin():
 @bp.post("/signin")
 def signin_post():
     target = _safe_next(request.form.get("next"))
+    failures = current_app.extensions["dcgan"]["failed_auth"]
+    try:
+        failures.check(request.remote_addr)
+    except Problem as throttled:
+        return render_template("signin.html", next=target, error=throttled.detail), 429, throttled.headers
     if not session_auth.sign_in(request.form.get("api_key", "")):
+        failures.count(request.remote_addr)
         return render_template("signin.html", next=target,
                                error="That API key is unknown or revoked."), 401
     return redirect(target, code=303)
