@@ -2,6 +2,7 @@
 
     queued --claim--> running --finish--> succeeded | failed | cancelled
     queued --cancel--> cancelled
+    queued --refused by a worker--> failed            (a job no worker's device can hold: refuse_queued)
     running --lease expired / release--> queued      (or failed: worker_lost, after max_attempts)
 
 Every transition is one conditional UPDATE whose WHERE clause states what must still be true (status,
@@ -198,6 +199,19 @@ def record_artifact(session: Session, job_id: uuid.UUID, attempt: int, name: str
     return True
 
 
+def forget_artifacts(session: Session, job_id: uuid.UUID, attempt: int, keys: list[str]) -> bool:
+    """Delete the rows of the job's artifacts at `keys` if `attempt` still holds the job (checkpoint retention).
+
+    The rows go before the objects (the caller deletes those after the commit): a crash between the two leaves
+    an object no row names, never a row that a resume or a download would find without its object. The fencing
+    UPDATE comes first, so a resuming attempt's claim waits for this commit and then no longer lists them.
+    """
+    if not _fenced_update(session, job_id, attempt, updated_at=utcnow()):
+        return False
+    session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.key.in_(keys)))
+    return True
+
+
 def finish_job(session: Session, job_id: uuid.UUID, attempt: int, status: str, error_type: str | None = None,
                error_detail: str | None = None, now: datetime | None = None) -> bool:
     """Move a running job to succeeded, failed or cancelled; False if `attempt` no longer holds it."""
@@ -324,6 +338,36 @@ def requeue_for_retry(session: Session, job_id: uuid.UUID, attempt: int, error_t
         return None
     _event(session, job_id, kind, attempt, now, {"error_type": error_type, "reason": detail})
     return values["status"]
+
+
+def refuse_queued(session: Session, job_id: uuid.UUID, error_type: str, detail: str,
+                  now: datetime | None = None) -> bool:
+    """Fail a queued job without claiming it: one a worker found it could never run (worker.capacity); False
+    when it is no longer queued (claimed, cancelled or finished meanwhile)."""
+    now = now or utcnow()
+    attempt = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False))
+        .values(status=JobStatus.FAILED, error_type=error_type, error_detail=detail, finished_at=now, updated_at=now)
+        .returning(Job.attempt)).scalar_one_or_none()
+    if attempt is None:
+        return False
+    _event(session, job_id, JobStatus.FAILED, attempt, now, {"error_type": error_type})
+    return True
+
+
+def note_queued(session: Session, job_id: uuid.UUID, kind: str, detail: dict[str, Any]) -> bool:
+    """Add an event to a queued job's timeline (why it still waits), unless its newest event already is one of
+    `kind`: a job declined again each time it is sent says so once. False when it is not queued."""
+    now = utcnow()
+    attempt = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+                              .values(updated_at=now).returning(Job.attempt)).scalar_one_or_none()
+    if attempt is None:
+        return False
+    newest = session.scalar(select(JobEvent.kind).where(JobEvent.job_id == job_id)
+                            .order_by(JobEvent.id.desc()).limit(1))
+    if newest != kind:
+        _event(session, job_id, kind, attempt, now, detail)
+    return True
 
 
 def record_event(session: Session, job_id: uuid.UUID, attempt: int, kind: str,

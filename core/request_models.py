@@ -24,8 +24,8 @@ from core import registry
 from core.gan import catalog
 from core.gan.catalog import BUILTIN_DATASETS, BUILTIN_PREFIX
 from core.gan.config import EVAL_NETS, ConfigError, TrainConfig
-from core.gan.seeds import (DEFAULT_TRUNCATION, MAX_SEED, MAX_SEEDS, TRUNCATION_MAX, SampleError,
-                            parse_seeds)
+from core.gan.seeds import (DEFAULT_TRUNCATION, GRID_MAX, MAX_SEED, TRUNCATION_MAX, SampleError, SeedRanges,
+                            TooManySeeds)
 from core.job_states import JobStatus, JobType
 from core.settings import Settings
 
@@ -35,6 +35,9 @@ MAX_LIST_LIMIT = 200
 # The most points one metrics answer may ask for: enough for any chart, small enough for one response.
 MAX_METRIC_POINTS = 10_000
 MAX_STEP = 9_999_999  # artifact keys carry seven digits of step
+# Separate seed ranges one generate job may list: what its row keeps is the ranges, so this bounds the row (a few
+# tens of KB at most) where the seed cap alone would let 50,000 scattered seeds take ~1 MB per job.
+MAX_SEED_RANGES = 1024
 # Evaluate jobs: the default is core.gan.metrics.DEFAULT_NUM_SAMPLES (`dcgan eval`'s), the ceiling bounds the work.
 DEFAULT_EVAL_SAMPLES = 2000
 MAX_EVAL_SAMPLES = 50_000
@@ -162,6 +165,15 @@ def _optional_id(schema: dict[str, Any]) -> None:
     schema["format"] = "uuid"
 
 
+def valid_unicode(document: Any) -> Any:
+    """`document` (parsed JSON) when every string in it, keys included, is valid Unicode, else ValueError. JSON may
+    spell a lone UTF-16 surrogate (`"\\ud800"`), which Python decodes to a str no UTF-8 encoder accepts -- not
+    pydantic's error messages, not PostgreSQL -- so every JSON input is checked once, as it is parsed, and such
+    a document is refused like text that is not JSON."""
+    json.dumps(document, ensure_ascii=False).encode("utf-8")  # UnicodeEncodeError (a ValueError) on a surrogate
+    return document
+
+
 def parse_id(value: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(value)
@@ -261,8 +273,12 @@ class GenerateJobRequest(RequestModel):
                                             json_schema_extra=_optional_id)] = None
     generator: Annotated[GeneratorRef, Field(json_schema_extra=_without_default)] = None
     seeds: Annotated[list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | str, Field(
-        max_length=MAX_SEEDS, examples=["0-63"],
-        description=f"seeds as a list, or ranges like \"0-63\" or \"1,5,9-12\"; at most {MAX_SEEDS}")]
+        examples=["0-63"],
+        description=f"seeds as a list, or ranges like \"0-63\" or \"1,5,9-12\"; at most the server's "
+                    f"DCGAN_MAX_SEEDS_PER_JOB ({Settings.max_seeds_per_job} by default) in at most {MAX_SEED_RANGES} "
+                    f"separate ranges. The job keeps them as "
+                    f"ranges (a list [1, 2, 3, 7] is kept as \"1-3,7\"). The grid shows the first {GRID_MAX}; "
+                    f"a job of more seeds also has every image, one PNG per seed, in its images.tar artifact")]
     truncation: Annotated[float, Field(gt=0, le=TRUNCATION_MAX)] = DEFAULT_TRUNCATION
     nrow: Annotated[int, Field(ge=1, le=NROW_MAX, description="images per grid row")] = DEFAULT_NROW
 
@@ -280,11 +296,21 @@ class GenerateJobRequest(RequestModel):
 
     @field_validator("seeds")
     @classmethod
-    def _seed_list(cls, value: list[int] | str) -> list[int]:
+    def _seed_ranges(cls, value: list[int] | str, info: ValidationInfo) -> SeedRanges:
+        # The server's cap comes in the validation context (its default without one); a stored request is read
+        # back with None, as it was checked when accepted. Counted, not expanded: "0-9999999999999" costs nothing.
+        cap = (info.context or {}).get("max_seeds_per_job", Settings.max_seeds_per_job)
         try:
-            return parse_seeds(value)
+            seeds = SeedRanges.parse(value, limit=cap)
+        except TooManySeeds as exc:
+            raise _refuse("too_many_seeds", f"{exc.count} seeds asked for; at most {exc.limit} per job (the "
+                                            f"server's DCGAN_MAX_SEEDS_PER_JOB)") from None
         except SampleError as exc:
             raise _refuse("seeds", str(exc).removeprefix("seeds: ")) from None
+        if cap is not None and len(seeds.ranges) > MAX_SEED_RANGES:
+            raise _refuse("too_many_ranges", f"{len(seeds.ranges)} separate seeds or ranges; at most "
+                                             f"{MAX_SEED_RANGES} per job (consecutive seeds count as one range)")
+        return seeds
 
     @field_validator("generator_job")
     @classmethod
@@ -301,14 +327,15 @@ class GenerateJobRequest(RequestModel):
         """The request as the job keeps it; a reference is kept with the version it named at submission."""
         source = {"generator_job": self.generator_job} if self.generator_job else \
             {"generator": self.generator, "generator_id": str(generator_id)}
-        return {**source, "seeds": self.seeds, "truncation": self.truncation, "nrow": self.nrow}
+        return {**source, "seeds": str(self.seeds), "truncation": self.truncation, "nrow": self.nrow}
 
     @classmethod
     def from_stored(cls, document: Mapping[str, Any]) -> "GenerateJobRequest":
         """A generate job's stored request read back by the worker; a SampleError names what is wrong. The
         version a reference named is the job row's `generator_id` column (the request keeps a copy to show)."""
         try:
-            return validate(cls, {key: value for key, value in document.items() if key != "generator_id"})
+            return validate(cls, {key: value for key, value in document.items() if key != "generator_id"},
+                            {"max_seeds_per_job": None})
         except RequestInvalid as exc:
             raise SampleError(str(exc)) from None
 
@@ -421,7 +448,7 @@ def _generator_config(value: Any) -> TrainConfig:
     if not isinstance(value, str):
         raise _refuse("config_json", "give the generator's config as a JSON object")
     try:
-        document = json.loads(value)
+        document = valid_unicode(json.loads(value))
     except (ValueError, RecursionError):
         raise _refuse("config_json", "not valid JSON: give the generator's config as a JSON object") from None
     if not isinstance(document, dict):
@@ -444,8 +471,10 @@ class GeneratorListQuery(RequestModel):
 
     model_config = ConfigDict(strict=False, extra="ignore")
 
-    name: Annotated[str, Field(max_length=200, json_schema_extra=_without_default,
-                               description="only the versions of this name")] = None
+    # A registry name or nothing: a filter value no name can have (a NUL byte, which PostgreSQL refuses even to
+    # compare) is 422, not a query.
+    name: Annotated[RegistryName, Field(json_schema_extra=_without_default,
+                                        description="only the versions of this name")] = None
     limit: Annotated[int, Field(ge=1, le=MAX_LIST_LIMIT)] = MAX_LIST_LIMIT
 
     messages = {"limit": f"an integer from 1 to {MAX_LIST_LIMIT}"}

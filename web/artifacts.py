@@ -1,5 +1,5 @@
 """Downloads by job id: the artifact list, the latest (or a given step's) grid, the sample grids written so
-far, the exported generator and the best evaluated one.
+far, the exported generator and the best evaluated one, and a large generate job's images (a tar).
 
 Only artifacts the job's row records are served (an object in storage that no attempt recorded does not
 exist to users). Bytes stream from a LocalStore; with S3 the answer is a 302 to a short-lived presigned URL,
@@ -16,7 +16,7 @@ from sqlalchemy import select
 from core import jobs
 from core.db import Artifact
 from core.request_models import MAX_STEP, GridQuery
-from core.storage import ObjectNotFound, best_generator_key, generator_key, grid_key, sample_key
+from core.storage import ObjectNotFound, best_generator_key, generator_key, grid_key, images_key, sample_key
 
 from .jobs import job_or_404
 from .openapi import BINARY, REDIRECT, operation
@@ -96,6 +96,16 @@ def best_generator(job_id: str):
     job = job_or_404(job_id)
     return _send(_recorded(job.id, best_generator_key(job.tenant_id, job.id),
                            f"job {job_id} has no best generator (it needs eval_every, and one evaluation)"))
+
+
+@bp.get("/<job_id>/images")
+@operation("a generate job's images as a tar of one PNG per seed (seed-000000123.png), in the order asked; only jobs "
+           "of more seeds than their grid shows have one", {200: BINARY, 302: REDIRECT})
+def images(job_id: str):
+    job = job_or_404(job_id)
+    return _send(_recorded(job.id, images_key(job.tenant_id, job.id),
+                           f"job {job_id} has no images archive (only a finished generate job whose seeds do not fit "
+                           f"in its grid has one)"))
 
 
 def _recorded(job_id: uuid.UUID, key: str, missing: str) -> Artifact:

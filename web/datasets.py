@@ -5,6 +5,7 @@ are stored, under server-made names (`tenants/<tenant>/datasets/<id>/images/0000
 committed only after every image is in the artifact store: an upload that fails half-way leaves no dataset
 behind.
 An upload takes an Idempotency-Key (web.idempotency): sent again, it answers the first upload's dataset.
+Images that would take the tenant past its storage quota are refused (403, web.quotas) before any is stored.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from core.storage import StorageError, dataset_key, dataset_prefix
 from .idempotency import commit_upload, idempotent
 from .openapi import operation
 from .problems import Problem
+from .quotas import STORAGE_QUOTA_STATUS, check_storage_quota
 from .resources import store
 from .tenancy import get_by_id, newest_of_tenant, tenant_id
 from .validation import display_name, form_input, refused_upload, validated
@@ -39,7 +41,7 @@ def dataset_json(dataset: Dataset) -> dict:
 
 @bp.post("")
 @operation("upload a .zip, .tar or .tar.gz of images (multipart field 'file')", {201: "the dataset"},
-           body=DatasetUpload, body_type="multipart/form-data")
+           body=DatasetUpload, body_type="multipart/form-data", problems=(STORAGE_QUOTA_STATUS,))
 @idempotent
 def upload():
     data, errors = form_input(request, "a 'file' field")
@@ -52,6 +54,7 @@ def upload():
         images, rejected = read_images(upload.stream, archive_kind(upload.filename), limits)
     except ArchiveError as exc:  # each kind of refusal has its own problem type (core.archives.TITLES)
         raise refused_upload(exc) from None
+    check_storage_quota(tenant_id(), sum(len(image.data) for image in images), f"the dataset's {len(images)} images")
     dataset_id = uuid.uuid4()
     digest, size, keys = hashlib.sha256(), 0, []
     try:

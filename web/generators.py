@@ -13,14 +13,16 @@ rules, unknown fields refused) except that `steps`/`epochs` may be left out: a g
 describes its architecture, and how long it trained is history (steps=1 is recorded then). The weights are
 checked by core.weights while they are copied to a temp file -- a pickle or torch.save file is refused on
 its first bytes without being loaded; names, dtypes, shapes and offsets are checked against the config
-before any tensor data is read; NaN/Inf are refused -- and only a file that passed goes to the artifact
-store (`tenants/<tenant>/generators/<id>.safetensors`) and gets a row. A refused upload stores nothing.
+before any tensor data is read; NaN/Inf are refused -- and only a file that passed, and fits the tenant's
+storage quota (403 otherwise, web.quotas), goes to the artifact store
+(`tenants/<tenant>/generators/<id>.safetensors`) and gets a row. A refused upload stores nothing.
 
 Generate jobs then sample it: `POST /v1/jobs/generate {"generator": "faces@champion", "seeds": "0-63"}`.
 """
 
 from __future__ import annotations
 
+import io
 import tempfile
 import uuid
 from typing import Any
@@ -37,6 +39,7 @@ from core.weights import WeightsError, check_generator_weights
 from .idempotency import commit_upload, idempotent
 from .openapi import operation
 from .problems import Problem
+from .quotas import STORAGE_QUOTA_STATUS, check_storage_quota
 from .resources import db, store
 from .tenancy import tenant_id
 from .validation import form_input, json_body, query_input, refused_upload, validated
@@ -76,7 +79,7 @@ def version_or_404(ref: str) -> Generator:
 @bp.post("")
 @operation("upload generator weights (.safetensors) with their config as the next version of `name`; checked "
            "against the config before anything is stored, pickles refused unread", {201: "the generator version"},
-           body=GeneratorUpload, body_type="multipart/form-data")
+           body=GeneratorUpload, body_type="multipart/form-data", problems=(STORAGE_QUOTA_STATUS,))
 @idempotent
 def upload():
     data, errors = form_input(request, "'file' and 'config' fields")
@@ -91,6 +94,7 @@ def upload():
                                     max_bytes=current_app.config["SETTINGS"].max_upload_bytes)
         except WeightsError as exc:
             raise refused_upload(exc) from None
+        check_storage_quota(tenant_id(), copy.seek(0, io.SEEK_END), "the generator's weights")
         copy.seek(0)
         stored = store().put_stream(key, copy)  # exactly the bytes that were checked
     try:

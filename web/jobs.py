@@ -4,7 +4,9 @@ A job row is committed before its task is published (the worker must find it), a
 from the row: the database, not Celery, is the truth about a job. If the broker is down the job stays
 queued and the reaper publishes it later; the answer is still 202. Every request acts for the tenant of its
 API key (web.auth); submissions take an Idempotency-Key (web.idempotency) and are refused with 429 while the
-tenant already has `max_queued_jobs` jobs waiting.
+tenant already has `max_queued_jobs` jobs waiting or created `max_jobs_per_hour` in the last hour (core.quotas),
+with 403 when the job's estimated storage would pass the tenant's storage quota (web.quotas), and with 422 for a
+checkpoint or sample cadence under the server's floor (`min_checkpoint_every`, `min_sample_every`).
 """
 
 from __future__ import annotations
@@ -15,16 +17,20 @@ from typing import Any
 from flask import Blueprint, current_app, request, url_for
 from sqlalchemy import func, select
 
-from core import jobs, registry
-from core.db import Job, JobStatus, JobType
+from core import jobs, quotas, registry
+from core.db import Job, JobStatus, JobType, Tenant
 from core.queue import publish
-from core.gan.config import LOG_EVERY_STEPS
+from core.gan.catalog import builtin_size
+from core.gan.config import LOG_EVERY_STEPS, TrainConfig
+from core.gan.cost import Estimate, estimate_generate, estimate_train, human_bytes
+from core.gan.seeds import GENERATE_CHUNK, SampleError
 from core.request_models import (BUILTIN_PREFIX, EvaluateJobRequest, GenerateJobRequest, JobListQuery, MetricsQuery,
                                  TrainJobRequest)
 
 from .idempotency import commit_created, idempotency_key, idempotent
 from .openapi import JOB, operation
 from .problems import Problem, validation_problem
+from .quotas import STORAGE_QUOTA_STATUS, check_storage_quota
 from .resources import db, queue
 from .tenancy import tenant_id
 from .validation import TenantLookups, json_body, query_input, validated
@@ -49,7 +55,10 @@ def job_json(job: Job) -> dict[str, Any]:
     best = {"step": job.best_step, "fid": job.best_fid, "kid": job.best_kid} if job.best_step is not None else None
     return {
         "id": str(job.id), "type": job.type, "status": job.status, "attempt": job.attempt,
-        "max_attempts": job.max_attempts, "config": job.config, "request": job.request, "progress": progress,
+        "max_attempts": job.max_attempts, "config": job.config,
+        "request": {k: v for k, v in (job.request or {}).items() if k != "estimate"}, "progress": progress,
+        # What the platform expects the job to need (core.gan.cost), as checked at submission.
+        "estimate": (job.request or {}).get("estimate"),
         "best": best, "result": job.result, "cancel_requested": job.cancel_requested,
         "error": {"type": job.error_type, "detail": job.error_detail} if job.error_type else None,
         "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
@@ -57,7 +66,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "links": {**{name: url_for(f"jobs.{name}", job_id=str(job.id))
                      for name in ("get", "events", "cancel", "metrics")},
                   **{name: url_for(f"artifacts.{name}", job_id=str(job.id))
-                     for name in ("grid", "generator", "samples", "best_generator")},
+                     for name in ("grid", "generator", "samples", "best_generator", "images")},
                   "stream": url_for("stream.stream", job_id=str(job.id)),
                   "artifacts": url_for("artifacts.list_", job_id=str(job.id))},
     }
@@ -71,7 +80,14 @@ def _accepted(job: Job):
     """Commit the new job (with its idempotency record), then publish its task: only the request that
     created the job publishes it, and a broker that is down delays the job (the reaper sends it) but does
     not fail the request."""
+    if job.type == JobType.TRAIN:
+        _check_cadence(job.config)
+    # One submission of a tenant at a time from here to the commit, so its caps are counted exactly.
+    db().execute(select(Tenant.id).where(Tenant.id == job.tenant_id).with_for_update(key_share=True))
     _check_queued_cap(job.tenant_id)
+    _check_hourly_cap(job.tenant_id)
+    check_storage_quota(job.tenant_id, _estimated_storage(job), f"a {job.type} job's estimated storage",
+                        reserved=quotas.reserved_bytes(db(), job.tenant_id, _estimated_storage, besides=job.id))
     job.idempotency_key = idempotency_key()
     job_id, job_type = str(job.id), job.type
     body = job_json(job)
@@ -93,8 +109,49 @@ def _check_queued_cap(tenant: uuid.UUID) -> None:
                       headers={"Retry-After": str(QUEUE_FULL_RETRY_SECONDS)})
 
 
+def _check_hourly_cap(tenant: uuid.UUID) -> None:
+    """429 when the tenant created max_jobs_per_hour jobs in the last hour (cancelled and finished ones count:
+    each cost a row), with Retry-After: when enough of them have left the hour for one more."""
+    limit = current_app.config["SETTINGS"].max_jobs_per_hour
+    wait = quotas.hourly_job_wait(db(), tenant, limit, pending=1)  # the new job, flushed, is not yet counted
+    if wait is not None:
+        db().rollback()
+        raise Problem(429, f"this tenant created {limit} jobs in the last hour, its limit (DCGAN_MAX_JOBS_PER_HOUR); "
+                           f"the next fits in {quotas.retry_after(wait)} s", slug="too-many-jobs",
+                      title="Too many jobs this hour", headers={"Retry-After": quotas.retry_after(wait)})
+
+
+def _estimated_storage(job: Job) -> int:
+    """What the job is expected to store (core.gan.cost): the estimate its request keeps, else the generate
+    estimate of its seeds; evaluate jobs store a small report, counted by the worker when written."""
+    kept = (job.request or {}).get("estimate")
+    if kept is not None:
+        return int(kept["storage_bytes"])
+    if job.type == JobType.GENERATE:
+        try:
+            seeds = GenerateJobRequest.from_stored(job.request).seeds
+        except SampleError:  # a stored request the worker will refuse: it stores nothing
+            return 0
+        return estimate_generate(TrainConfig.from_dict(job.config), seeds.count, GENERATE_CHUNK).storage_bytes
+    return 0
+
+
+def _check_cadence(config: dict[str, Any]) -> None:
+    """422 for a checkpoint or sample cadence under the server's floor (0, only at the end, is always allowed):
+    a checkpoint or grid every few steps costs a write per step for nothing a user can use."""
+    settings = current_app.config["SETTINGS"]
+    errors = [{"field": f"config.{name}",
+               "message": f"must be 0 (only at the end) or at least {floor} (the server's DCGAN_{env})"}
+              for name, floor, env in (("checkpoint_every", settings.min_checkpoint_every, "MIN_CHECKPOINT_EVERY"),
+                                       ("sample_every", settings.min_sample_every, "MIN_SAMPLE_EVERY"))
+              if 0 < config.get(name, 0) < floor]
+    if errors:
+        db().rollback()
+        raise validation_problem(errors)
+
+
 @bp.post("/train")
-@operation("submit a training job", {202: JOB}, body=TrainJobRequest)
+@operation("submit a training job", {202: JOB}, body=TrainJobRequest, problems=(STORAGE_QUOTA_STATUS,))
 @idempotent
 def create_train():
     lookups = TenantLookups()
@@ -102,7 +159,12 @@ def create_train():
                           max_runtime_seconds=current_app.config["SETTINGS"].max_job_seconds)
     dataset = None if submitted.dataset.startswith(BUILTIN_PREFIX) else lookups.dataset(submitted.dataset)
     name = registry.default_name(submitted.dataset, dataset.name if dataset is not None else None)
-    job = jobs.create_job(db(), tenant_id(), JobType.TRAIN, submitted.config.to_dict(), submitted.stored(name),
+    num_images = builtin_size(submitted.dataset) if dataset is None else dataset.num_images
+    estimate = estimate_train(submitted.config, num_images=num_images,
+                              keep_checkpoints=current_app.config["SETTINGS"].keep_checkpoints)
+    _check_limits(estimate)
+    job = jobs.create_job(db(), tenant_id(), JobType.TRAIN, submitted.config.to_dict(),
+                          {**submitted.stored(name), "estimate": estimate.totals()},
                           dataset_id=dataset.id if dataset is not None else None, max_attempts=_max_attempts())
     return _accepted(job)
 
@@ -111,13 +173,40 @@ def _max_attempts() -> int:
     return current_app.config["SETTINGS"].max_attempts
 
 
+def _check_limits(estimate: Estimate) -> None:
+    """422 naming the fields that drive a job's estimated peak memory or storage past the server's limit
+    (DCGAN_MAX_JOB_MEMORY_BYTES, DCGAN_MAX_JOB_STORAGE_BYTES), with the estimate and the limit in the detail."""
+    settings = current_app.config["SETTINGS"]
+    over = [(total, what, value, limit, env) for total, what, value, limit, env in (
+        ("memory", "peak memory", estimate.memory_bytes, settings.max_job_memory_bytes, "DCGAN_MAX_JOB_MEMORY_BYTES"),
+        ("storage", "storage", estimate.storage_bytes, settings.max_job_storage_bytes, "DCGAN_MAX_JOB_STORAGE_BYTES"))
+        if value > limit]
+    if not over:
+        return
+    db().rollback()  # a job flushed before the check is not kept
+    reasons: dict[str, list[str]] = {}
+    sentences = []
+    for total, what, value, limit, env in over:
+        sentence = f"the job's estimated {what} is {human_bytes(value)}, over this server's limit of " \
+                   f"{human_bytes(limit)} ({env})"
+        sentences.append(f"{sentence}: lower {', '.join(estimate.fields(total))}")
+        for name in estimate.fields(total):
+            reasons.setdefault(name, []).append(sentence)
+    errors = [{"field": name, "message": f"drives {' and '.join(why)}"} for name, why in reasons.items()]
+    raise Problem(422, "; ".join(sentences), slug="over-job-limits", title="Job over the server's limits",
+                  errors=errors, estimate=estimate.to_dict(),
+                  limits={"memory_bytes": settings.max_job_memory_bytes,
+                          "storage_bytes": settings.max_job_storage_bytes})
+
+
 @bp.post("/generate")
 @operation("generate images for seeds from a succeeded training job or an uploaded generator", {202: JOB},
-           body=GenerateJobRequest)
+           body=GenerateJobRequest, problems=(STORAGE_QUOTA_STATUS,))
 @idempotent
 def create_generate():
     lookups = TenantLookups()
-    submitted = validated(GenerateJobRequest, json_body(request), lookups=lookups)
+    submitted = validated(GenerateJobRequest, json_body(request), lookups=lookups,
+                          max_seeds_per_job=current_app.config["SETTINGS"].max_seeds_per_job)
     if submitted.generator is not None:
         version = lookups.generator(submitted.generator)
         job = jobs.create_job(db(), tenant_id(), JobType.GENERATE, version.config, submitted.stored(version.id),
@@ -126,12 +215,15 @@ def create_generate():
         parent = lookups.train_job(submitted.generator_job)
         job = jobs.create_job(db(), parent.tenant_id, JobType.GENERATE, parent.config, submitted.stored(),
                               parent_job_id=parent.id, max_attempts=_max_attempts())
+    _check_limits(estimate_generate(TrainConfig.from_dict(job.config), submitted.seeds.count, GENERATE_CHUNK,
+                                    source="generator" if submitted.generator is not None else "generator_job"))
     return _accepted(job)
 
 
 @bp.post("/evaluate")
 @operation("score a generator (id, name:version or name@alias) on a dataset: FID, KID, and IS where the network "
-           "has logits; runs on a low-priority queue of its own", {202: JOB}, body=EvaluateJobRequest)
+           "has logits; runs on a low-priority queue of its own", {202: JOB}, body=EvaluateJobRequest,
+           problems=(STORAGE_QUOTA_STATUS,))
 @idempotent
 def create_evaluate():
     lookups = TenantLookups()

@@ -2,8 +2,9 @@
 of core.request_models, with the tenant's rows looked up in the same pass.
 
 Every bad field of a request is answered in one 422 (`validation-error`) with one `{"field", "message"}`
-per field; a body that is not JSON, or not an object, is 400 (`malformed-json`); the wrong content type is
-415. A refused upload keeps the problem type of its refusal (core.archives, core.weights).
+per field; a body that is not JSON, not an object, nested too deeply or holding a string that is not valid
+Unicode, is 400 (`malformed-json`); the wrong content type is 415. A refused upload keeps the problem type of
+its refusal (core.archives, core.weights).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from flask import Request, current_app, request
 from core import registry
 from core.archives import ArchiveError
 from core.db import Dataset, Generator, Job
-from core.request_models import (MAX_NAME_LENGTH, RequestInvalid, RequestModel, parse_id, validate,
+from core.request_models import (MAX_NAME_LENGTH, RequestInvalid, RequestModel, parse_id, valid_unicode, validate,
                                  without_control_characters)
 from core.weights import WeightsError
 
@@ -75,9 +76,13 @@ def json_body(request: Request) -> dict[str, Any]:
         raise Problem(415, f"expected Content-Type application/json, got {request.mimetype or 'none'}")
     try:
         body = request.get_json(silent=True)
+        valid_unicode(body)
     except RecursionError:  # not a ValueError, so silent=True lets it through
         raise Problem(400, "the body's JSON is nested too deeply", slug="malformed-json",
                       title="Malformed JSON") from None
+    except ValueError:
+        raise Problem(400, "the body's JSON has a string that is not valid Unicode (a lone surrogate such as "
+                           "\\ud800)", slug="malformed-json", title="Malformed JSON") from None
     if body is None:
         raise Problem(400, "the body is not valid JSON", slug="malformed-json", title="Malformed JSON")
     if not isinstance(body, dict):

@@ -2,9 +2,10 @@
 and uploads that stop the moment another attempt holds the job.
 
 `Attempt.write` runs a fenced core.jobs transition and commits it, raising `FencedOut` when the database
-refuses it; `Attempt.upload` checks the fence, then uploads with retries (`StorageUnavailable` when the
-store stays down), then records the artifact. `LeaseKeeper` renews the lease from a thread of its own.
-A database that is briefly away is waited out (`Attempt.retry_db`). Imports no torch.
+refuses it; `Attempt.upload` checks the tenant's storage quota (`StorageQuotaExceeded`, core.quotas) and the
+fence, then uploads with retries (`StorageUnavailable` when the store stays down), then records the artifact;
+`Attempt.delete_checkpoints` applies Settings.keep_checkpoints. `LeaseKeeper` renews the lease from a thread
+of its own. A database that is briefly away is waited out (`Attempt.retry_db`). Imports no torch.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tenacity import (RetryCallState, Retrying, retry_if_exception, retry_if_exc
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import jobs
+from core import jobs, quotas
 from core.db import Job, JobStatus, utcnow
 from core.error_text import first_line
 from core.queue import publish, send_job_task
@@ -176,10 +177,58 @@ class Attempt:
         return job.cancel_requested and job.attempt == self.attempt and job.status == JobStatus.RUNNING
 
     def upload(self, key: str, path: Path, step: int | None = None) -> None:
+        self.check_quota(key, path.stat().st_size)
         self._record(self._put(lambda: self.store.put_file(key, path), key), step)
 
     def upload_bytes(self, key: str, data: bytes) -> None:
+        self.check_quota(key, len(data))
         self._record(self._put(lambda: self.store.put_bytes(key, data), key), None)
+
+    def check_quota(self, key: str, size: int) -> None:
+        """StorageQuotaExceeded (the job fails as `storage_quota`, not retried) when storing `size` bytes at
+        `key` would take the tenant past Settings.tenant_storage_bytes; nothing is uploaded then."""
+        name = key.removeprefix(job_prefix(self.tenant_id, self.job_id))
+
+        def check() -> None:
+            quotas.check_storage(self.session, self.tenant_id, size, self.context.settings.tenant_storage_bytes,
+                                 f"uploading {name}", replacing_key=key)
+            self.session.commit()  # end the read transaction: the next check must see new commits
+
+        self.retry_db(check)
+
+    def delete_checkpoints(self, keep: int, final: bool) -> None:
+        """Checkpoint retention (Settings.keep_checkpoints): delete all but the newest `keep` intermediate
+        checkpoints, the final one and the protected ones (the row's resume checkpoint, the best step's).
+
+        Rows first, in a fenced transaction, then objects: a crash in between leaves objects without rows,
+        which no resume or download can find; the next pass deletes every object under the job's
+        checkpoints/ older than every kept one that no row names (so does a failed delete, logged and left to
+        that pass). Only older ones: a newer object without a row may be a successor's upload in flight."""
+
+        def read() -> tuple[list[tuple[str, int]], list[str], list[int]]:
+            job = self.job()
+            recorded = [(a.key, a.step) for a in jobs.checkpoints_newest_first(self.session, self.job_id)]
+            protected = ([job.checkpoint_key] if job.checkpoint_key else [],
+                         [job.best_step] if job.best_step is not None else [])
+            self.session.commit()
+            return recorded, *protected
+
+        recorded, protected_keys, protected_steps = self.retry_db(read)
+        doomed = [key for key, _ in quotas.checkpoints_to_delete(recorded, keep, final, protected_keys,
+                                                                  protected_steps)]
+        oldest_kept = min((step for key, step in recorded if key not in doomed), default=0)
+        try:
+            stored = self.store.list(job_prefix(self.tenant_id, self.job_id) + "checkpoints/")
+            leftovers = [key for key in stored if (step := quotas.checkpoint_step(key)) is not None
+                         and step < oldest_kept and key not in dict(recorded)]
+            if doomed or leftovers:
+                # Fenced even with no row to delete: a fenced-out attempt must not delete objects either.
+                self.write(jobs.forget_artifacts, doomed)
+                for key in doomed + leftovers:
+                    self.store.delete(key)
+        except StorageError as exc:
+            log.warning("job %s: could not delete old checkpoints (%s); the next checkpoint tries again",
+                        self.job_id, exc)
 
     def _put(self, put: Callable[[], Any], key: str):
         """Upload with retries and a growing pause: an S3 outage of up to half a minute costs nothing. This

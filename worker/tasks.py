@@ -1,6 +1,8 @@
 """The Celery tasks: claim a job, run core.gan on it, upload its artifacts, record its state.
 
-Each task takes a job id only; everything else is read from the job row. `claim_job` returns the attempt
+Each task takes a job id only; everything else is read from the job row. Before claiming, the worker checks
+the job's estimated memory against its device (worker.capacity): a job no device like it could hold fails
+unclaimed with `insufficient_memory`, one that must wait for free memory stays queued. `claim_job` returns the attempt
 number, the fencing token every later write carries: a write that returns False means another attempt
 holds the job now, and this one stops at once without touching anything (`FencedOut`). Each state change
 is committed as soon as it is made, so the API sees progress, checkpoints and artifacts as they happen.
@@ -13,9 +15,12 @@ limit checkpoints and fails with `timeout`.
 
 A job is never `succeeded` without its artifacts: objects are uploaded first (with retries and backoff),
 then recorded, then the job finishes; a store that stays down sends the job back to the queue. Failures
-a user caused (`GanError`: config, data, checkpoint, seeds), a diverged run and an out-of-memory device
-become FAILED with a machine-readable `error_type` and are not retried; anything else is a bug, recorded
-as `internal_error` and re-raised so Celery logs its traceback.
+a user caused (`GanError`: config, data, checkpoint, seeds), a diverged run, an out-of-memory device and an
+upload that would pass the tenant's storage quota (`storage_quota`) become FAILED with a machine-readable
+`error_type` and are not retried; anything else is a bug, recorded as `internal_error` and re-raised so
+Celery logs its traceback. A training job keeps its newest Settings.keep_checkpoints intermediate
+checkpoints (plus the final, the best step's and the one its row resumes from); older ones are deleted as
+new ones land (worker.attempt.Attempt.delete_checkpoints).
 
 The database engine and artifact store are built on first use from the app's settings
 (`app.conf.dcgan_settings`, set by `worker.celery_app.make_celery`), so importing this module only
@@ -48,26 +53,25 @@ from core.error_text import described, first_line
 from core.gan.checkpoint import CheckpointError
 from core.gan.config import TrainConfig
 from core.gan.errors import GanError
-from core.gan.sample import Sampler, SampleError, grid_image, png_bytes
 from core.gan.train import Callbacks, Progress, train
 from core.queue import EVALUATE, GENERATE, REAP, TRAIN
-from core.request_models import GenerateJobRequest
 from core.reaper import reap_once
+from core.quotas import StorageQuotaExceeded
 from core.settings import Settings
 from core.storage import (ObjectNotFound, best_generator_key, checkpoint_key, generator_key, grid_key,
                           open_store, sample_key)
 
 from worker.attempt import Attempt, Context, FencedOut, StorageUnavailable
+from worker.capacity import admit
 from worker.evaluation import run_evaluation
-from worker.loading import load_dataset, load_version, worker_cache
+from worker.generation import run_generation
+from worker.loading import load_dataset, worker_cache
 
 log = get_task_logger(__name__)
 
 # The job row is written at most this often while training: often enough for a live progress bar,
 # rarely enough that a fast GPU run does not spend its time in the database.
 SYNC_SECONDS = 1.0
-# Seeds rendered between two heartbeats of a generate job.
-GENERATE_CHUNK = 1024
 # What each logged step keeps in the job's metrics history (GET /v1/jobs/<id>/metrics); an evaluated step
 # (config eval_every) adds EVAL_NAMES.
 METRIC_NAMES = ("loss_d", "loss_g", "d_real", "d_fake", "images_per_second")
@@ -109,7 +113,7 @@ def train_task(self, job_id: str) -> None:
 
 @shared_task(name=GENERATE.name, bind=True)
 def generate_task(self, job_id: str) -> None:
-    _run_job(self.app, job_id, JobType.GENERATE, _generate)
+    _run_job(self.app, job_id, JobType.GENERATE, run_generation)
 
 
 @shared_task(name=EVALUATE.name, bind=True)
@@ -129,6 +133,8 @@ def _run_job(app: Celery, job_id_text: str, job_type: str, body: Callable[[Attem
     context = _get_context(app)
     job_id = uuid.UUID(job_id_text)
     with context.session_factory() as session:
+        if not admit(session, job_id, context.settings):  # too big for this device: failed, or left queued
+            return
         attempt = jobs.claim_job(session, job_id, _worker_name(), context.settings.lease_seconds)
         session.commit()
         if attempt is None:
@@ -147,6 +153,8 @@ def _run_job(app: Celery, job_id_text: str, job_type: str, body: Callable[[Attem
         except StorageUnavailable as exc:
             log.warning("job %s: %s; back to the queue", job_id, exc)
             run.requeue("storage_unavailable", str(exc))
+        except StorageQuotaExceeded as exc:
+            run.fail("storage_quota", str(exc))
         except GanError as exc:
             run.fail(_error_type(exc), str(exc))
         except FloatingPointError as exc:
@@ -189,6 +197,7 @@ class _TrainHooks:
         self._last_check = -math.inf
         self._unwritten: Progress | None = None  # the newest progress the throttle held back
         self._points: list[tuple[int, dict[str, float]]] = []  # logged steps not yet in job_metrics
+        self._total_steps = math.inf  # known from the first progress report
 
     def flush_progress(self) -> None:
         """Write the progress (and logged steps) the throttle held back, so a stopped job shows the step it
@@ -202,6 +211,7 @@ class _TrainHooks:
                          on_checkpoint=self.on_checkpoint, on_sample=self.on_sample, on_best=self.on_best)
 
     def on_progress(self, progress: Progress) -> None:
+        self._total_steps = progress.total_steps
         if not self._points or self._points[-1][0] != progress.step:  # a stop re-reports its last step
             names = METRIC_NAMES + (EVAL_NAMES if progress.fid is not None else ())
             self._points.append((progress.step, {name: getattr(progress, name) for name in names}))
@@ -261,6 +271,11 @@ class _TrainHooks:
         # it again, so one held back here would be a gap in the history.
         self.flush_progress()
         self.run.write(jobs.set_checkpoint, key, step)
+        # The loop's last checkpoint comes at the last step or after a stop; every earlier one is intermediate.
+        final = self.stop_reason is not None or step >= self._total_steps
+        self.run.delete_checkpoints(self.run.context.settings.keep_checkpoints, final)
+        if not final:
+            path.unlink(missing_ok=True)  # uploaded: the worker's disk keeps no more than the store does
 
 
 def _train(run: Attempt) -> None:
@@ -349,36 +364,3 @@ def _fetch_checkpoint(run: Attempt, artifact: Artifact, folder: Path, notes: lis
         path.unlink()
         return None
     return path
-
-
-# ----- generate -----
-
-def _generate(run: Attempt) -> None:
-    job = run.job()
-    asked = GenerateJobRequest.from_stored(job.request)  # SampleError: FAILED as sample_error
-    parent = job.parent_job_id or asked.generator_job
-    if not parent and job.generator_id is None:
-        raise SampleError("generator_job: the job names no train job or uploaded generator to sample from")
-    seeds, truncation, nrow = asked.seeds, asked.truncation, asked.nrow
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with tempfile.TemporaryDirectory(prefix="dcgan-generate-") as tmp:
-        path = Path(tmp) / "generator.safetensors"
-        if job.generator_id is not None:
-            sampler = load_version(run, job.generator_id, path, device)
-        else:
-            try:
-                run.store.get_file(generator_key(run.tenant_id, parent), path)
-            except ObjectNotFound:
-                raise SampleError(f"generator_job {parent}: has no exported generator (has it succeeded?)") from None
-            sampler = Sampler.from_file(path, device=device)
-    chunks = []
-    for start in range(0, len(seeds), GENERATE_CHUNK):
-        if run.should_stop():
-            if run.cancel_requested():
-                run.finish(JobStatus.CANCELLED)
-                return
-            raise FencedOut(f"job {run.job_id}: attempt {run.attempt} no longer holds it")
-        chunks.append(sampler.images_for_seeds(seeds[start:start + GENERATE_CHUNK], truncation))
-        run.heartbeat()
-    run.upload_bytes(grid_key(run.tenant_id, run.job_id), png_bytes(grid_image(torch.cat(chunks), nrow=nrow)))
-    run.finish(JobStatus.SUCCEEDED)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 from .keys import (best_generator_key, checkpoint_key, dataset_key, dataset_prefix, evaluation_key, generator_key,
-                   grid_key, job_prefix, sample_key, tenant_prefix, uploaded_generator_key, validate_key,
+                   grid_key, images_key, job_prefix, sample_key, tenant_prefix, uploaded_generator_key, validate_key,
                    validate_prefix)
 from .local import LocalStore
 from .protocol import ArtifactStore, ObjectNotFound, StorageError, StoredObject, content_type_for
@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ArtifactStore", "LocalStore", "ObjectNotFound", "S3Store", "StorageError", "StoredObject",
            "best_generator_key", "checkpoint_key", "content_type_for", "dataset_key", "dataset_prefix",
-           "evaluation_key", "generator_key", "grid_key", "job_prefix", "open_store", "sample_key", "tenant_prefix",
-           "uploaded_generator_key", "validate_key", "validate_prefix"]
+           "evaluation_key", "generator_key", "grid_key", "images_key", "job_prefix", "open_store", "sample_key",
+           "tenant_prefix", "uploaded_generator_key", "validate_key", "validate_prefix"]
 
 
 def open_store(settings: Settings) -> ArtifactStore:

@@ -86,6 +86,11 @@ def grid_key(tenant_id: int | str, job_id: int | str) -> str:
     return f"{job_prefix(tenant_id, job_id)}grid.png"
 
 
+def images_key(tenant_id: int | str, job_id: int | str) -> str:
+    """A generate job's images, one PNG per seed, as a tar (jobs of more seeds than their grid shows)."""
+    return f"{job_prefix(tenant_id, job_id)}images.tar"
+
+
 def generator_key(tenant_id: int | str, job_id: int | str) -> str:
     return f"{job_prefix(tenant_id, job_id)}generator.safetensors"
 

@@ -21,6 +21,7 @@ CHUNK = 1024 * 1024
 _CONTENT_TYPES = {
     ".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
     ".json": "application/json", ".jsonl": "application/x-ndjson", ".zip": "application/zip",
+    ".tar": "application/x-tar",
     ".pt": "application/octet-stream", ".safetensors": "application/octet-stream",
 }
 

@@ -43,6 +43,9 @@ class S3Store(StoreMixin):
         # part size bound memory: at most the threshold for a single PUT, a few parts in flight otherwise.
         self._transfer = TransferConfig(multipart_threshold=multipart_threshold,
                                         multipart_chunksize=multipart_chunksize, max_concurrency=4)
+        # s3transfer reads up to 10 parts of such a source ahead of the uploads by default (80 MiB more of the
+        # worker's memory for any file past 80 MiB, a large generate job's images.tar); as many as upload at once.
+        self._transfer.max_in_memory_upload_chunks = 4
 
     def __repr__(self) -> str:
         return f"S3Store({self._url('')!r}, endpoint_url={self.endpoint_url!r})"

@@ -25,6 +25,7 @@ from tests.web.conftest import make_app
 from tests.web.hostile.builders import png, zip_of
 from tests.web.test_generators import CONFIG
 from web.auth import KeyCache
+from web.pages import seed_ranges
 from web.pages.jobs import PAGE_SIZE
 from web.session_auth import SECRET_KEY_FILE
 
@@ -326,6 +327,10 @@ def test_the_job_page_has_its_hooks_and_a_succeeded_job_offers_generate(api_app,
     assert made.status_code == 303
     generate = client.get("/v1/jobs/" + made.headers["Location"].rsplit("/", 1)[-1]).json
     assert generate["type"] == "generate" and generate["request"]["generator_job"] == job_id
+    page = client.get(made.headers["Location"]).get_data(as_text=True)
+    assert "<dd data-seeds>8: <code>0-7</code></dd>" in page  # the count, and the seeds as the job keeps them
+    # A job stored before seeds were kept as ranges shows the same way.
+    assert (seed_ranges([1, 2, 3, 7]).count, str(seed_ranges([1, 2, 3, 7])), seed_ranges(None)) == (4, "1-3,7", None)
 
 
 def test_the_openapi_document_has_no_pages(api_app):

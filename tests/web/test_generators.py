@@ -59,7 +59,7 @@ def test_upload_list_get_and_generate(api, redis_client):
 
     job = api.post("/v1/jobs/generate", json={"generator": body["id"], "seeds": "0-3", "nrow": 2})
     assert job.status_code == 202, job.json
-    assert job.json["request"] == {"generator": body["id"], "generator_id": body["id"], "seeds": [0, 1, 2, 3],
+    assert job.json["request"] == {"generator": body["id"], "generator_id": body["id"], "seeds": "0-3",
                                    "truncation": 1.0, "nrow": 2}
     assert job.json["config"] == body["config"]
     with api.application.extensions["dcgan"]["sessions"]() as session:

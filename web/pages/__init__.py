@@ -20,6 +20,7 @@ from flask import Blueprint, Flask, Response, g, redirect, render_template, requ
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import HTTPException
 
+from core.gan.seeds import SampleError, SeedRanges
 from core.settings import Settings
 
 from .. import session_auth
@@ -47,7 +48,7 @@ def install(app: Flask, settings: Settings) -> None:
         response.headers.setdefault("Referrer-Policy", "same-origin")
         return response
 
-    app.jinja_env.filters.update(duration=duration, when=when, short_id=short_id, size=size)
+    app.jinja_env.filters.update(duration=duration, when=when, short_id=short_id, size=size, seed_ranges=seed_ranges)
     app.register_blueprint(bp)
 
 
@@ -118,6 +119,15 @@ def when(iso: Any) -> str:
     if not iso or not isinstance(iso, str):
         return ""
     return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def seed_ranges(stored: Any) -> SeedRanges | None:
+    """A generate job's stored seeds (a ranges string like "0-99,200", or an older job's list) as ranges, to
+    show their count without expanding them; None for anything else."""
+    try:
+        return SeedRanges.parse(stored, limit=None)
+    except (SampleError, TypeError):
+        return None
 
 
 def short_id(value: str | None) -> str:

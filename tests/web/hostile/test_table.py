@@ -1,8 +1,9 @@
 """The hostile-input tables together: large enough, one name per case, and every kind of refusal there."""
 
-from tests.web.hostile import test_archives, test_bodies, test_headers, test_ids, test_weights
+from tests.web.hostile import test_archives, test_bodies, test_headers, test_ids, test_queries, test_weights
 
-CASES = [*test_archives.CASES, *test_weights.CASES, *test_bodies.CASES, *test_headers.CASES, *test_ids.CASES]
+CASES = [*test_archives.CASES, *test_weights.CASES, *test_bodies.CASES, *test_headers.CASES, *test_ids.CASES,
+         *test_queries.CASES]
 
 
 def test_table_is_large_enough():
