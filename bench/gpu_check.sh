@@ -65,7 +65,7 @@ PY
     python3 -m pytest tests/core/gan -q -p no:cacheprovider -m "not slow"
   step "bench/train_throughput.py --device cuda" 150 python3 bench/train_throughput.py --device cuda
   step "bench/sample_latency.py --device cuda" 90 python3 bench/sample_latency.py --device cuda --repeats 5
-  step "bench/quality.py --device cuda" 90 python3 bench/quality.py --device cuda --out "${OUT:-/tmp}" \
+  step "bench/quality.py --device cuda" 90 python3 bench/quality.py --device cuda --seeds 0 --out "${OUT:-/tmp}" \
     --cache-dir /tmp/dcgan-cache
   summary
 }

@@ -22,7 +22,7 @@ G starts at ngf*4 and D ends at ndf*4.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -129,32 +129,36 @@ class SeedRecipe:
         return loss_real, loss_fake, loss_G
 
 
-def train_seed_recipe(loader_or_batches: Iterable, steps: int, nz: int = 100, ngf: int = 64, ndf: int = 64,
-                      nc: int = 3, img_size: int = 64, device: str | torch.device = "cpu", seed: int = 0,
-                      log: Callable[[str], None] | None = None) -> Generator:
-    """Run the article's loop for `steps` batches, re-iterating the loader per epoch; returns G.
-
-    Items may be `(images, labels)` pairs (a DataLoader) or bare image tensors in [-1, 1].
-    """
-    recipe = SeedRecipe(nz, ngf, ndf, nc, img_size, device, seed)
+def batches(loader_or_batches: Iterable, steps: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """`steps` batches as (index within the epoch, images), re-iterating the loader per epoch as the training
+    loops of the article and of pytorch/examples do. Items may be `(images, labels)` pairs (a DataLoader) or
+    bare image tensors in [-1, 1]."""
     done = 0
     while done < steps:
         seen = 0
         for i, item in enumerate(loader_or_batches):
-            real_images = item[0] if isinstance(item, (tuple, list)) else item
-            loss_real, loss_fake, loss_G = recipe.step(real_images)
-            if i % 50 == 0:  # the article's .item() every 50 batches (a device sync on a GPU)
-                message = (f"Batch {i} Loss D: {loss_real.item() + loss_fake.item():.4f}, "
-                           f"Loss G: {loss_G.item():.4f}")
-                if log is not None:
-                    log(message)
+            yield i, item[0] if isinstance(item, (tuple, list)) else item
             done += 1
             seen += 1
             if done >= steps:
-                break
+                return
         if seen == 0:
             raise ValueError("loader_or_batches yielded no batches")
+
+
+def train_seed_recipe(loader_or_batches: Iterable, steps: int, nz: int = 100, ngf: int = 64, ndf: int = 64,
+                      nc: int = 3, img_size: int = 64, device: str | torch.device = "cpu", seed: int = 0,
+                      log: Callable[[str], None] | None = None) -> Generator:
+    """Run the article's loop for `steps` batches, re-iterating the loader per epoch; returns G."""
+    recipe = SeedRecipe(nz, ngf, ndf, nc, img_size, device, seed)
+    for i, real_images in batches(loader_or_batches, steps):
+        loss_real, loss_fake, loss_G = recipe.step(real_images)
+        if i % 50 == 0:  # the article's .item() every 50 batches (a device sync on a GPU)
+            message = f"Batch {i} Loss D: {loss_real.item() + loss_fake.item():.4f}, Loss G: {loss_G.item():.4f}"
+            if log is not None:
+                log(message)
     return recipe.generator
 
 
-__all__ = ["Generator", "Discriminator", "SeedRecipe", "seed_transform", "seed_dataloader", "train_seed_recipe"]
+__all__ = ["Generator", "Discriminator", "SeedRecipe", "batches", "seed_transform", "seed_dataloader",
+           "train_seed_recipe"]
