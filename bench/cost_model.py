@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import platform
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable as a script, like bench/quality.py
 
+from bench.machine import cpu_flags  # noqa: E402
 from core.gan.config import TrainConfig  # noqa: E402
 from core.gan.cost import estimate_train, human_bytes  # noqa: E402
 
@@ -102,13 +102,6 @@ def _child(request: dict) -> None:
     print(json.dumps(result))
 
 
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    found = sorted(set(re.findall(r"\b(avx512_bf16|amx_bf16|avx512f|avx2)\b", text)))
-    return " ".join(found) or "none of avx2/avx512f/avx512_bf16/amx_bf16"
 
 
 def main() -> None:

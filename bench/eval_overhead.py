@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script, like bench/quality.py
 
+from bench.machine import cpu_flags  # noqa: E402
 from core.gan.config import TrainConfig  # noqa: E402
 from core.gan.data import load_images  # noqa: E402
 from core.gan.data import to_uint8  # noqa: E402
@@ -33,12 +34,6 @@ from core.gan.sample import Sampler  # noqa: E402
 from core.gan.train import Callbacks, train  # noqa: E402
 
 
-def cpu_flags() -> str:
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "unknown"
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "none of avx2/avx512"
 
 
 def main() -> int:

@@ -52,27 +52,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script, like bench/quality.py
 
+from bench.machine import cpu_flags  # noqa: E402
 from core.gan.config import TrainConfig  # noqa: E402
 from core.gan.data import load_images, to_uint8  # noqa: E402
 from core.gan.metrics import evaluate, fid_from_features, load_feature_net  # noqa: E402
 from core.gan.sample import Sampler  # noqa: E402
 from core.gan.train import train  # noqa: E402
 
-CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 STEP_GAP = 100  # evaluation points compared: N and N + STEP_GAP, i.e. eval_every=100
 
 
-def cpu_flags() -> str:
-    """Whether /proc/cpuinfo lists each of CPU_FLAGS (they decide bf16 training)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "n/a (no /proc/cpuinfo)"
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-    return ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in CPU_FLAGS)
 
 
 def train_snapshots(stages: list[int], digits, seed: int) -> tuple[dict[int, Sampler], float, float]:
