@@ -337,7 +337,8 @@ def engine_url(database_url: str) -> URL:
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 10
 
 
-def make_engine(database_url: str, idle_in_transaction_seconds: int | None = None) -> Engine:
+def make_engine(database_url: str, idle_in_transaction_seconds: int | None = None,
+                pool_size: int | None = None) -> Engine:
     """An engine for PostgreSQL or SQLite with the settings each needs to be correct under concurrency.
 
     SQLite: foreign keys on for every connection (off by default), WAL so readers don't block the
@@ -350,6 +351,10 @@ def make_engine(database_url: str, idle_in_transaction_seconds: int | None = Non
     `idle_in_transaction_seconds` (PostgreSQL; the worker sets it): the server ends a session that sits in an
     open transaction that long, so a frozen worker (SIGSTOP, a stuck VM) cannot keep a job's row locked
     and block the worker taking its job over.
+
+    `pool_size` (PostgreSQL; the API sets it): keep up to this many connections open and never make more.
+    SQLAlchemy's default keeps 5 and opens up to 10 more that it closes again when returned, so a server with
+    more threads than 5 busy opened a new PostgreSQL connection per request under load (bench/load_test.py).
     """
     url = engine_url(database_url)
     if url.get_backend_name() != "sqlite":
@@ -358,7 +363,8 @@ def make_engine(database_url: str, idle_in_transaction_seconds: int | None = Non
             connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_SECONDS
         if url.get_backend_name() == "postgresql" and idle_in_transaction_seconds:
             connect_args["options"] = f"-c idle_in_transaction_session_timeout={idle_in_transaction_seconds * 1000}"
-        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        pool = {"pool_size": pool_size, "max_overflow": 0} if pool_size else {}
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool)
     in_memory = url.database in (None, "", ":memory:")
     if not in_memory:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)

@@ -95,27 +95,40 @@ def failed_authentication(detail: str, error: str) -> Problem:
 def _authenticate() -> None:
     if request.url_rule is None or open_endpoint(request.endpoint, request.path):
         return
-    current_app.extensions["dcgan"]["failed_auth"].check(request.remote_addr)
+    parts = current_app.extensions["dcgan"]
     header = request.headers.get("Authorization")
-    if header is None and (key_hash := session_key_hash()) is not None:
-        _authenticate_session(key_hash)
+    secret = _bearer_secret(header) if header is not None else None
+    key_hash = hash_key(secret) if secret else None
+    cache: KeyCache = parts["key_cache"]
+    if key_hash is not None and (tenant := cache.get(key_hash)) is not None:
+        # A key this process accepted moments ago (most requests): the address's failed authentications and
+        # the key's rate limit in one Redis round trip, in the order of the path below.
+        parts["rate_limiter"].check_with(parts["failed_auth"], request.remote_addr, key_hash[:32])
+        g.tenant_id = tenant
+        return
+    parts["failed_auth"].check(request.remote_addr)
+    if header is None and (session_hash := session_key_hash()) is not None:
+        _authenticate_session(session_hash)
         return
     if header is None:
         raise unauthorized("send an API key: Authorization: Bearer <key> (dcgan keys create makes one)")
+    if key_hash is None:
+        raise failed_authentication("the Authorization header must be 'Bearer <key>'", "invalid_request")
+    tenant = authenticate(db(), secret)
+    if tenant is None:
+        raise failed_authentication("the API key is unknown or revoked", "invalid_token")
+    cache.put(key_hash, tenant)
+    g.tenant_id = tenant
+    parts["rate_limiter"].check(key_hash[:32])  # accepted keys only: no guesses
+
+
+def _bearer_secret(header: str) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header; None when the header is not of that form."""
     scheme, _, secret = header.strip().partition(" ")
     secret = secret.strip()
     if scheme.lower() != "bearer" or not secret or " " in secret:
-        raise failed_authentication("the Authorization header must be 'Bearer <key>'", "invalid_request")
-    key_hash = hash_key(secret)
-    cache: KeyCache = current_app.extensions["dcgan"]["key_cache"]
-    tenant = cache.get(key_hash)
-    if tenant is None:
-        tenant = authenticate(db(), secret)
-        if tenant is None:
-            raise failed_authentication("the API key is unknown or revoked", "invalid_token")
-        cache.put(key_hash, tenant)
-    g.tenant_id = tenant
-    current_app.extensions["dcgan"]["rate_limiter"].check(key_hash[:32])  # accepted keys only: no guesses
+        return None
+    return secret
 
 
 def _authenticate_session(key_hash: str) -> None:

@@ -4,7 +4,9 @@ every /v1/ route, counted in the broker's Redis by the `limits` library.
 `limits` is the engine of Flask-Limiter, used here directly: its fixed window (one counter per key, INCR
 and EXPIRE in one Lua call, the window starting with the key's first request) on its Redis storage. Over
 the limit: 429 `rate-limited` with `Retry-After` = the whole seconds left in the window. web.auth calls
-`RateLimit.check` once it has accepted the key, so keys are counted, not guesses.
+`RateLimit.check` once it has accepted the key, so keys are counted, not guesses; for a key its process
+accepted moments ago it calls `RateLimit.check_with`, which makes the failed-authentication check below and
+this count one Redis call (one Lua script, TEST_THEN_INCR) instead of two.
 
 Why not Flask-Limiter itself: it resolves which limits apply on every request, and that cost shows here.
 Measured on this project's 2-core VM (2026-12-01, AVX-512 CPU with avx512_bf16 and amx_bf16; a bare Flask
@@ -80,6 +82,33 @@ class FailOpenRedisStorage(RedisStorage):
     def get_expiry(self, key: str) -> float:
         return self._fail_open(lambda: super(FailOpenRedisStorage, self).get_expiry(key), time.time())
 
+    def initialize_storage(self, uri: str) -> None:
+        super().initialize_storage(uri)
+        self.lua_test_then_incr = self.get_connection().register_script(TEST_THEN_INCR)
+
+    def test_then_incr(self, tested: str, allowed: int, key: str, expiry: int) -> tuple[int, int]:
+        """In one round trip: the count of `tested`, and -- unless it has reached `allowed` -- `key` counted
+        as `incr` counts it (its new count; 0 when not counted)."""
+        counts = self._fail_open(lambda: self.lua_test_then_incr([self.prefixed_key(tested), self.prefixed_key(key)],
+                                                                 [allowed, expiry]), [0, 0])
+        return int(counts[0]), int(counts[1])
+
+
+# FailedAuthLimit.check and RateLimit.check of one request in one Redis call (web.auth, for a key this process
+# already accepted): with limits' own calls they were two round trips, each a wait for the GIL again on a busy
+# server. The increment is limits' incr_expire.lua, with an amount of 1.
+TEST_THEN_INCR = """
+local tested = tonumber(redis.call("get", KEYS[1]) or "0")
+if tested >= tonumber(ARGV[1]) then
+    return {tested, 0}
+end
+local current = redis.call("incrby", KEYS[2], 1)
+if tonumber(current) == 1 then
+    redis.call("expire", KEYS[2], ARGV[2])
+end
+return {tested, current}
+"""
+
 
 def fixed_window_limiter(settings: Settings) -> FixedWindowRateLimiter | None:
     """A fixed-window limiter on the broker's Redis (fail-open), or None without Redis (a bare app in a test):
@@ -109,10 +138,26 @@ class RateLimit:
         """Count one request of `key`; a 429 Problem when it is one too many."""
         if self.limiter is None or self.limiter.hit(self.item, key):
             return
+        raise self.refusal(key)
+
+    def check_with(self, failed_auth: "FailedAuthLimit", address: str | None, key: str) -> None:
+        """`failed_auth.check(address)` then `check(key)`, in one Redis round trip (both on this limiter's storage):
+        the first refusal is raised, and a request refused for its address's failures is not counted."""
+        if self.limiter is None:
+            return
+        failures, count = self.limiter.storage.test_then_incr(
+            failed_auth.item.key_for(failed_auth.NAMESPACE, address or "unknown"), failed_auth.per_minute,
+            self.item.key_for(key), self.item.get_expiry())
+        if failures >= failed_auth.per_minute:
+            raise failed_auth.refusal(address)
+        if count > self.per_minute:
+            raise self.refusal(key)
+
+    def refusal(self, key: str) -> Problem:
         retry_after = _retry_after(self.limiter, self.item, key)
-        raise Problem(429, f"more than {self.per_minute} requests in a minute with this API key; retry in "
-                           f"{retry_after} s", slug="rate-limited", title="Rate limit exceeded",
-                      headers={"Retry-After": str(retry_after)})
+        return Problem(429, f"more than {self.per_minute} requests in a minute with this API key; retry in "
+                            f"{retry_after} s", slug="rate-limited", title="Rate limit exceeded",
+                       headers={"Retry-After": str(retry_after)})
 
 
 class FailedAuthLimit:
@@ -130,11 +175,14 @@ class FailedAuthLimit:
         """A 429 Problem when `address` has used up its failed authentications in this window."""
         if self.limiter is None or self.limiter.test(self.item, self.NAMESPACE, address or "unknown"):
             return
+        raise self.refusal(address)
+
+    def refusal(self, address: str | None) -> Problem:
         retry_after = _retry_after(self.limiter, self.item, self.NAMESPACE, address or "unknown")
-        raise Problem(429, f"{self.per_minute} failed authentications in a minute from this address "
-                           f"(DCGAN_FAILED_AUTH_PER_MINUTE); retry in {retry_after} s",
-                      slug="too-many-failed-authentications",
-                      title="Too many failed authentications", headers={"Retry-After": str(retry_after)})
+        return Problem(429, f"{self.per_minute} failed authentications in a minute from this address "
+                            f"(DCGAN_FAILED_AUTH_PER_MINUTE); retry in {retry_after} s",
+                       slug="too-many-failed-authentications",
+                       title="Too many failed authentications", headers={"Retry-After": str(retry_after)})
 
     def count(self, address: str | None) -> None:
         """Count one failed authentication of `address`."""

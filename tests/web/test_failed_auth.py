@@ -71,6 +71,26 @@ def test_successes_and_missing_credentials_do_not_count(throttled_app):
     _assert_throttled(client.get("/v1/jobs", headers=key))
 
 
+def test_a_request_refused_for_its_address_does_not_count_against_its_key(engine, tmp_path, redis_client):
+    """A key this process already accepted is checked against its address's failures and counted against its
+    own rate limit in one Redis call (web.rate_limit.RateLimit.check_with); refused for the address, it is not
+    counted, exactly as when the two were separate calls."""
+    app = make_app(engine, tmp_path, failed_auth_per_minute=3, rate_limit_per_minute=3)
+    try:
+        valid = authorized_client(app)
+        key = {"Authorization": f"Bearer {valid.api_key}"}
+        attacker, bystander = _from(app, ATTACKER), _from(app, BYSTANDER)
+        assert attacker.get("/v1/jobs", headers=key).status_code == 200  # 1 of the key's 3; the key is cached now
+        assert [attacker.get("/v1/jobs", headers={"Authorization": UNKNOWN}).status_code for _ in range(3)] == [401] * 3
+        for _ in range(5):
+            _assert_throttled(attacker.get("/v1/jobs", headers=key))
+        assert [bystander.get("/v1/jobs", headers=key).status_code for _ in range(3)] == [200, 200, 429]
+        limited = bystander.get("/v1/jobs", headers=key)
+        assert limited.status_code == 429 and limited.json["type"] == "/problems/rate-limited"
+    finally:
+        app.extensions["dcgan"]["engine"].dispose()
+
+
 def test_the_window_ends(throttled_app, redis_client):
     """The count lives a minute from the address's first failure (the counter's TTL, what Retry-After says);
     once the counter is gone the address is served again."""
