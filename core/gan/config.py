@@ -107,8 +107,10 @@ class TrainConfig:
     steps: int | None = _field(None, _COUNT)
     # Total work as passes over the dataset, used when steps is None.
     epochs: int | None = _field(None, Bounds(1, 100_000))
-    # Adam learning rate for both nets; the paper found 1e-3 too high and used 2e-4.
+    # Adam learning rate for G, and for D unless lr_d is set; the paper found 1e-3 too high and used 2e-4.
     lr: float = _field(2e-4, Bounds(0, 1, low_open=True))
+    # D's own Adam learning rate (TTUR, Heusel et al. 2017: D faster than G); None uses lr for both nets.
+    lr_d: float | None = _field(None, Bounds(0, 1, low_open=True))
     # Adam beta1; the paper lowered it from 0.9 to 0.5 because 0.9 oscillated.
     beta1: float = _field(0.5, Bounds(0, 1, high_open=True))
     # Adam beta2; the library default, kept by the paper.
@@ -277,6 +279,8 @@ def _coerce(name: str, f: dataclasses.Field, value: Any, cli_strings: bool = Tru
         if base == "float":
             if isinstance(value, bool):
                 raise ValueError
+            if isinstance(value, str) and optional and value.lower() in ("", "none", "null"):
+                return None
             result = float(value)
             if result != result or result in (float("inf"), float("-inf")):
                 raise ValueError

@@ -196,7 +196,7 @@ class Trainer:
         fused = self.device.type in ("cuda", "cpu")
         betas = (config.beta1, config.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas, fused=fused)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr, betas=betas, fused=fused)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr_d or config.lr, betas=betas, fused=fused)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.G_step = torch.compile(self.G) if config.compile else self.G
         self.D_step = torch.compile(self.D) if config.compile else self.D

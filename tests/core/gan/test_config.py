@@ -67,3 +67,14 @@ def test_eval_nets_are_the_metrics_feature_nets():
     from core.gan.metrics import FEATURE_NETS
 
     assert EVAL_NETS == ("auto", *FEATURE_NETS)
+
+
+def test_lr_d_defaults_to_lr_and_is_checked_like_it():
+    assert TrainConfig(steps=1).lr_d is None  # None: D uses lr, as the paper's single rate
+    assert TrainConfig.from_dict(parse_set_options(["steps=1", "lr_d=8e-4"])).lr_d == 8e-4
+    assert TrainConfig.from_dict(parse_set_options(["steps=1", "lr_d=none"])).lr_d is None
+    for bad in (0, 1.5, "fast"):
+        with pytest.raises(ConfigError) as info:
+            TrainConfig.from_dict({"steps": 1, "lr_d": bad})
+        assert info.value.field == "lr_d"
+    assert TrainConfig.json_schema()["properties"]["lr_d"]["type"] == ["number", "null"]
