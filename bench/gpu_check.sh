@@ -4,6 +4,9 @@
 # It prints nvidia-smi, installs wheels carried in .whl/ (the machine has no internet), runs
 # tests/core/gan on CUDA (DCGAN_TEST_DEVICE=cuda) and both benchmarks with --device cuda, each step under
 # `timeout` and all of it inside an 8-minute deadline; a failed step does not stop the next one.
+# Issue 12 part 3's figures come first: train_throughput's rows with CUDA graphs off ("ours default") and on
+# ("ours graphs") against the standard recipe (goal >= 4x), then bench/gpu_jobs.py's 1 job vs 4 at once on
+# the one GPU (goal >= 3x); the sampling and quality steps after them are skipped if the deadline comes first.
 # Output goes to the terminal and, when $OUT is set, to $OUT/gpu_check.log. No .venv is assumed:
 # the machine's python3 must already have torch with CUDA.
 set -u
@@ -64,6 +67,8 @@ PY
   step "pytest tests/core/gan (cuda)" 170 env DCGAN_TEST_DEVICE=cuda CUBLAS_WORKSPACE_CONFIG=:4096:8 \
     python3 -m pytest tests/core/gan -q -p no:cacheprovider -m "not slow"
   step "bench/train_throughput.py --device cuda" 150 python3 bench/train_throughput.py --device cuda
+  step "bench/gpu_jobs.py --device cuda (1 job vs 4 at once)" 80 python3 bench/gpu_jobs.py --device cuda --jobs 4 \
+    --seconds 12
   step "bench/sample_latency.py --device cuda" 90 python3 bench/sample_latency.py --device cuda --repeats 5
   step "bench/quality.py --device cuda" 90 python3 bench/quality.py --device cuda --seeds 0 --out "${OUT:-/tmp}" \
     --cache-dir /tmp/dcgan-cache

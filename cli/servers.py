@@ -36,6 +36,8 @@ API_SERVERS = ("waitress", "gthread")
 # Evaluation jobs are CPU-heavy and never urgent: `dcgan up`'s evaluation worker yields the CPU to training
 # and sampling.
 EVALUATOR_NICE = 10
+# `dcgan worker --jobs-per-gpu`'s default when the option is not given.
+JOBS_PER_GPU_ENV = "DCGAN_JOBS_PER_GPU"
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -52,12 +54,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     api.add_argument("--server", choices=API_SERVERS, default=API_SERVERS[0],
                      help="what speaks HTTP in each process gunicorn runs (default waitress: it measured better "
                           "here; see cli/api_server.py)")
-    worker = sub.add_parser("worker", help="run a Celery worker, one job at a time (default: the train and "
-                                           "generate queues)")
+    worker = sub.add_parser("worker", help="run a Celery worker, one job at a time unless --jobs-per-gpu (default: "
+                                           "the train and generate queues)")
     worker.add_argument("--queues", default=None, help="comma-separated queues to consume (default: train,generate; "
                                                        "evaluate for evaluation jobs)")
     worker.add_argument("--nice", type=int, default=0, metavar="N",
                         help="lower the worker's CPU priority by N (e.g. 10 for an evaluation worker)")
+    worker.add_argument("--jobs-per-gpu", type=int, default=None, metavar="N",
+                        help=f"run up to N jobs at once on this worker's device, each in a thread of the one "
+                             f"process (default: {JOBS_PER_GPU_ENV}, else 1); each job is admitted only if its "
+                             f"memory estimate fits next to the jobs already running")
     sub.add_parser("sampler", help="run the warm sampling worker that answers GET /v1/generators/<ref>/images "
                                    "(the sample queue)")
     sub.add_parser("reaper", help="run Celery beat and the reaper (re-queues jobs whose worker died, re-sends "
@@ -91,13 +97,19 @@ def _worker(args: argparse.Namespace) -> int:
     if args.queues is not None and not queues:
         print("dcgan worker: --queues names no queue", file=sys.stderr)
         return 2
+    from core.settings import env_int
+
+    jobs_per_gpu = args.jobs_per_gpu if args.jobs_per_gpu is not None else env_int(os.environ, JOBS_PER_GPU_ENV, 1)
+    if jobs_per_gpu < 1:
+        print("dcgan worker: --jobs-per-gpu must be at least 1", file=sys.stderr)
+        return 2
     if args.nice:
         try:
             os.nice(args.nice)  # kept across exec: the Celery worker runs at this priority
         except OSError as exc:
             print(f"dcgan worker: --nice {args.nice}: {exc.strerror}", file=sys.stderr)
             return 2
-    os.execv(sys.executable, worker_command(",".join(queues) or None))
+    os.execv(sys.executable, worker_command(",".join(queues) or None, jobs_per_gpu))
 
 
 def _sampler(args: argparse.Namespace) -> int:
@@ -115,10 +127,10 @@ def reaper_command() -> list[str]:
                                   os.path.join(tempfile.gettempdir(), "dcgan-beat-schedule"))
 
 
-def worker_command(queues: str | None = None) -> list[str]:
+def worker_command(queues: str | None = None, jobs_per_gpu: int = 1) -> list[str]:
     from core.queue import WORKER_QUEUES
 
-    return _celery_worker_command(queues or ",".join(WORKER_QUEUES))
+    return _celery_worker_command(queues or ",".join(WORKER_QUEUES), jobs=jobs_per_gpu)
 
 
 def sampler_command() -> list[str]:
@@ -127,12 +139,20 @@ def sampler_command() -> list[str]:
     return _celery_worker_command(SAMPLE.queue)
 
 
-def _celery_worker_command(queues: str, *extra: str) -> list[str]:
-    """`celery worker` on `queues`, one task at a time in the process itself (solo pool), named after its
-    queues (`sample@host`), so the workers `dcgan up` runs side by side tell apart in logs."""
+def _celery_worker_command(queues: str, *extra: str, jobs: int = 1) -> list[str]:
+    """`celery worker` on `queues`, named after its queues (`sample@host`), so the workers `dcgan up` runs
+    side by side tell apart in logs: one task at a time in the process itself (solo pool), or `jobs` at once
+    in threads of it (--jobs-per-gpu).
+
+    Threads, not prefork processes, for several jobs: jobs in one process share one CUDA context, so their
+    kernels (each job on its own CUDA stream) run side by side on the GPU, where separate processes would take
+    turns on it without MPS; one process also keeps the claim check (worker.capacity) a lock, not a lock file,
+    and its warm shutdown (SIGTERM) reaches every running job. A CUDA-graphed step leaves little Python per
+    step, so the GIL is not what limits them."""
+    pool = ["--pool", "solo", "--concurrency", "1"] if jobs == 1 else ["--pool", "threads", "--concurrency", str(jobs)]
     # -P: the current directory must not shadow the installed packages (a ./web folder would).
     return [sys.executable, "-P", "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues, *extra,
-            "--hostname", f"{queues.replace(',', '-')}@%h", "--pool", "solo", "--concurrency", "1",
+            "--hostname", f"{queues.replace(',', '-')}@%h", *pool,
             "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
 
 

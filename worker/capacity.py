@@ -19,11 +19,20 @@ memory limit when the worker runs in a container. DCGAN_WORKER_MEMORY_BYTES (an 
 to a figure of the operator's: to keep memory for other processes on the machine, or in tests.
 Only queued jobs are checked; an expired lease's job (it ran here or elsewhere before) is resumed as it was.
 Evaluate jobs are not estimated: their cost is the feature network's, the same for every job.
+
+A worker that runs several jobs at once (`dcgan worker --jobs-per-gpu N`: threads of one process) counts the
+jobs it already runs: each admitted job holds its estimate in RESERVATIONS until it ends, and a new job is
+admitted only if it fits in what is free minus what the running jobs may still take. Measuring and reserving
+happen under one lock, so two claims cannot both pass on the same free memory. On CUDA the memory this process's
+allocator already holds (torch.cuda.memory_reserved: the running jobs' tensors and its cache) counts as free
+for this sum, as the running jobs' estimates stand for it; on a CPU it does not (a running job's use is then
+subtracted twice, once from MemAvailable and once as its estimate: cautious, and exact with the override).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +55,25 @@ log = logging.getLogger(__name__)
 INSUFFICIENT_MEMORY = "insufficient_memory"
 WAITING_FOR_MEMORY = "waiting_for_memory"
 CGROUP = Path("/sys/fs/cgroup")
+
+
+class Reservations:
+    """The memory estimates of the jobs this worker process runs now, by job id."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # held from measuring free memory to reserving it
+        self.held: dict[uuid.UUID, int] = {}
+
+    def total(self) -> int:
+        return sum(self.held.values())
+
+    def release(self, job_id: uuid.UUID) -> None:
+        with self.lock:
+            self.held.pop(job_id, None)
+
+
+# Process-wide, like the device: every job thread of this worker admits against the same ledger.
+RESERVATIONS = Reservations()
 
 
 @dataclass(frozen=True)
@@ -105,9 +133,10 @@ def job_estimate(session: Session, job: Job, device: torch.device, settings: Set
     return None
 
 
-def admit(session: Session, job_id: uuid.UUID, settings: Settings) -> bool:
+def admit(session: Session, job_id: uuid.UUID, settings: Settings, reservations: Reservations = RESERVATIONS) -> bool:
     """True when this worker should go on to claim the job; False when it must not (the job failed with
-    `insufficient_memory`, or it waits queued for memory). Commits what it records."""
+    `insufficient_memory`, or it waits queued for memory). Commits what it records. An admitted job's estimate
+    stays reserved until `reservations.release(job_id)`."""
     job = session.get(Job, job_id)
     if job is None or job.status != JobStatus.QUEUED or job.cancel_requested:
         session.commit()
@@ -117,8 +146,16 @@ def admit(session: Session, job_id: uuid.UUID, settings: Settings) -> bool:
     if estimate is None:
         session.commit()
         return True
-    memory = device_memory(device, settings.worker_memory_bytes)
     needed = estimate.memory_bytes
+    with reservations.lock:
+        memory = device_memory(device, settings.worker_memory_bytes)
+        available = min(memory.capacity, memory.available + _held_by_this_process(device)) - reservations.total()
+        fits = needed <= available and needed <= memory.capacity
+        if fits:
+            reservations.held[job_id] = needed
+    if fits:
+        session.commit()
+        return True
     if needed > memory.capacity:
         detail = (f"the job needs an estimated {human_bytes(needed)} of memory, more than this worker's "
                   f"{memory.device} has in all ({human_bytes(memory.capacity)}); lower "
@@ -127,12 +164,14 @@ def admit(session: Session, job_id: uuid.UUID, settings: Settings) -> bool:
             log.warning("job %s: %s", job_id, detail)
         session.commit()
         return False
-    if needed > memory.available:
-        jobs.note_queued(session, job_id, WAITING_FOR_MEMORY,
-                         {"memory_bytes": needed, "available_bytes": memory.available, "device": memory.device})
-        session.commit()
-        log.info("job %s: needs %s, %s free on %s now; left queued", job_id, human_bytes(needed),
-                 human_bytes(memory.available), memory.device)
-        return False
+    available = max(available, 0)
+    jobs.note_queued(session, job_id, WAITING_FOR_MEMORY,
+                     {"memory_bytes": needed, "available_bytes": available, "device": memory.device})
     session.commit()
-    return True
+    log.info("job %s: needs %s, %s free on %s now (after %d running job(s) here); left queued", job_id,
+             human_bytes(needed), human_bytes(available), memory.device, len(reservations.held))
+    return False
+
+
+def _held_by_this_process(device: torch.device) -> int:
+    return int(torch.cuda.memory_reserved(device)) if device.type == "cuda" else 0

@@ -62,7 +62,7 @@ from core.storage import (ObjectNotFound, best_generator_key, checkpoint_key, ge
                           open_store, sample_key)
 
 from worker.attempt import Attempt, Context, FencedOut, StorageUnavailable
-from worker.capacity import admit
+from worker.capacity import RESERVATIONS, admit
 from worker.evaluation import run_evaluation
 from worker.generation import run_generation
 from worker.loading import load_dataset, worker_cache
@@ -135,40 +135,49 @@ def _run_job(app: Celery, job_id_text: str, job_type: str, body: Callable[[Attem
     with context.session_factory() as session:
         if not admit(session, job_id, context.settings):  # too big for this device: failed, or left queued
             return
-        attempt = jobs.claim_job(session, job_id, _worker_name(), context.settings.lease_seconds)
-        session.commit()
-        if attempt is None:
-            log.info("job %s: not claimable (finished, cancelled, out of attempts or held by a live "
-                     "worker); this delivery does nothing", job_id)
-            return
-        log.info("job %s: claimed as attempt %s", job_id, attempt)
-        run = Attempt(context, session, job_id, attempt)
-        run.lease.start()
         try:
-            if run.job_type != job_type:
-                raise ValueError(f"job {job_id} is a {run.job_type} job, sent to the {job_type} task")
-            body(run)
-        except FencedOut as exc:
-            log.warning("job %s: stopped: %s", job_id, exc)
-        except StorageUnavailable as exc:
-            log.warning("job %s: %s; back to the queue", job_id, exc)
-            run.requeue("storage_unavailable", str(exc))
-        except StorageQuotaExceeded as exc:
-            run.fail("storage_quota", str(exc))
-        except GanError as exc:
-            run.fail(_error_type(exc), str(exc))
-        except FloatingPointError as exc:
-            run.fail("non_finite_loss", str(exc))
-        except torch.cuda.OutOfMemoryError as exc:
-            run.fail("out_of_memory", first_line(exc))
-        except Exception as exc:
-            try:
-                run.fail("internal_error", described(exc))
-            except Exception:
-                log.exception("job %s: could not record internal_error", job_id)
-            raise
+            _claim_and_run(context, session, job_id, job_type, body)
         finally:
-            run.lease.stop()
+            RESERVATIONS.release(job_id)  # its memory is free for the next claim (--jobs-per-gpu)
+
+
+def _claim_and_run(context: Context, session: Session, job_id: uuid.UUID, job_type: str,
+                   body: Callable[[Attempt], None]) -> None:
+    """Claim the job (its memory is reserved by admit()) and run its attempt, recording how it ended."""
+    attempt = jobs.claim_job(session, job_id, _worker_name(), context.settings.lease_seconds)
+    session.commit()
+    if attempt is None:
+        log.info("job %s: not claimable (finished, cancelled, out of attempts or held by a live "
+                 "worker); this delivery does nothing", job_id)
+        return
+    log.info("job %s: claimed as attempt %s", job_id, attempt)
+    run = Attempt(context, session, job_id, attempt)
+    run.lease.start()
+    try:
+        if run.job_type != job_type:
+            raise ValueError(f"job {job_id} is a {run.job_type} job, sent to the {job_type} task")
+        body(run)
+    except FencedOut as exc:
+        log.warning("job %s: stopped: %s", job_id, exc)
+    except StorageUnavailable as exc:
+        log.warning("job %s: %s; back to the queue", job_id, exc)
+        run.requeue("storage_unavailable", str(exc))
+    except StorageQuotaExceeded as exc:
+        run.fail("storage_quota", str(exc))
+    except GanError as exc:
+        run.fail(_error_type(exc), str(exc))
+    except FloatingPointError as exc:
+        run.fail("non_finite_loss", str(exc))
+    except torch.cuda.OutOfMemoryError as exc:
+        run.fail("out_of_memory", first_line(exc))
+    except Exception as exc:
+        try:
+            run.fail("internal_error", described(exc))
+        except Exception:
+            log.exception("job %s: could not record internal_error", job_id)
+        raise
+    finally:
+        run.lease.stop()
 
 
 def _worker_name() -> str:

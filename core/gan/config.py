@@ -144,6 +144,11 @@ class TrainConfig:
     channels_last: bool = True
     # torch.compile G and D; pays a compile on start, wins on long runs.
     compile: bool = False
+    # On CUDA, capture the whole train step (both updates, both Adam steps, EMA, DiffAugment) in a CUDA graph
+    # after a few eager steps and replay it: a 64x64 batch-64 step is bound by kernel launches, not by math.
+    # Same numbers as the eager step (its randomness is drawn eagerly); fp16, compile=True and CPUs run eager.
+    # Off by default until bench/gpu_check.sh has shown it on a GPU (bit-identical to eager, and faster).
+    cuda_graphs: bool = False
     # How many images the fixed-noise sample grid shows.
     num_samples: int = _field(64, Bounds(1, 1024))
     # Score the EMA generator (FID and KID on fixed seeds 0..eval_num-1 against the dataset's cached real

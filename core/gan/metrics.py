@@ -37,6 +37,7 @@ from .classifier import (CLASSIFIERS, FEATURE_DIM, NUM_CLASSES, PREPROCESS, Chec
                          sha256_file, to_classifier_input)
 from .data import to_uint8
 from .errors import GanError
+from .models import GLOBAL_RNG_LOCK
 
 METRICS = ("fid", "kid", "is")
 FEATURE_NETS = ("inception", *CLASSIFIERS)
@@ -231,7 +232,7 @@ def evaluate(generate: Callable[[int, int], torch.Tensor] | torch.Tensor, real: 
     }
     # manual_seed reseeds every device; fork_rng restores them all so the caller's RNG streams stay untouched
     cuda_devices = list(range(torch.cuda.device_count())) if net.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices), warnings.catch_warnings():
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=cuda_devices), warnings.catch_warnings():
         torch.manual_seed(SEED)
         # torchmetrics warns that KID and IS keep all features in memory: known and bounded here
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")

@@ -12,12 +12,17 @@ last conv (Karras et al., 2018), and an EMA copy of G (`ExponentialMovingAverage
 from __future__ import annotations
 
 import copy
+import threading
 
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from .config import TrainConfig
+
+# Held by whoever seeds the process-wide RNG for a moment (weight init, the KID subsets of core.gan.metrics):
+# jobs sharing a worker process (dcgan worker --jobs-per-gpu) take turns, or one would draw from another's seed.
+GLOBAL_RNG_LOCK = threading.RLock()
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
@@ -124,9 +129,17 @@ class ExponentialMovingAverage:
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
-    @torch.no_grad()
+    def weight(self, step: int) -> float:
+        """How far the average moves towards the model at `step`: 1 - decay_t."""
+        return 1.0 - min(self.decay, (1.0 + step) / (10.0 + step))
+
     def update(self, model: nn.Module, step: int) -> None:
-        decay = min(self.decay, (1.0 + step) / (10.0 + step))
-        # One fused call per list instead of a kernel launch per tensor (matters on GPUs).
-        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
+        self.apply(model, torch.tensor(self.weight(step), device=next(self.model.parameters()).device))
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module, weight: torch.Tensor) -> None:
+        """Move the average by `weight`, a 0-dim tensor on the model's device: a tensor and not a float, so a
+        captured CUDA graph (core.gan.step_graph) reads each step's value from it instead of baking one in."""
+        for average, current in zip(self.model.parameters(), model.parameters()):
+            average.lerp_(current.detach(), weight)
         torch._foreach_copy_(list(self.model.buffers()), list(model.buffers()))

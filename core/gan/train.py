@@ -15,12 +15,18 @@ as `best-generator.safetensors` and calls `on_best`.
 Resume is exact: a checkpoint holds every piece of state the next step reads (weights, EMA, optimisers,
 scaler, the epoch's order and position, every RNG), so on the same device 10 steps + resume + 10 steps give
 bit-identical weights to 20 uninterrupted steps.
+
+On CUDA (config cuda_graphs) the whole step is captured once as a CUDA graph after a few eager steps and
+replayed (core.gan.step_graph); the step's random numbers are drawn eagerly first, in the same order either
+way, so a graphed and an eager run compute the same and resume from each other's checkpoints.
+`Trainer.step_mode` says which runs, and why not a graph where it is not.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,18 +36,21 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .augment import diff_augment
+from .augment import apply as apply_augment
 from .checkpoint import (CheckpointError, export_generator, load_module_state, load_training_state,
                          save_training_state)
 from .config import LOG_EVERY_STEPS, ConfigError, TrainConfig
 from .data import ImageSet, to_model_range
 from .evaluation import Scores, TrainingEvaluator
-from .models import ExponentialMovingAverage, build_discriminator, build_generator, init_dcgan_weights
+from .models import (GLOBAL_RNG_LOCK, ExponentialMovingAverage, build_discriminator, build_generator,
+                     init_dcgan_weights)
 from .sample import grid_image, noise_for_seeds, save_png
+from .step_graph import GRAPHED, STAT_NAMES, GraphedStep, StepInputs, choose_step_mode, job_stream
 
 # Datasets up to this size live on the training device for the whole run; larger ones are indexed on the
 # CPU and each batch is copied over.
 DEVICE_RESIDENT_BYTES = 2 * 1024**3
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,8 @@ class Progress:
     kid: float | None = None
     eval_seconds: float | None = None
     best: dict[str, Any] | None = None
+    # How the step runs: "cuda-graph", or "eager (<why not>)" (Trainer.step_mode), shown with the job's progress.
+    step_mode: str | None = None
 
     @property
     def percent(self) -> float:
@@ -184,7 +195,7 @@ class Trainer:
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
 
         # Weights are drawn from the run's seed without touching the process-wide RNG.
-        with torch.random.fork_rng(devices=[]):
+        with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.G = build_generator(config)
             self.D = build_discriminator(config)
@@ -210,8 +221,34 @@ class Trainer:
         self.epoch = 0
         self.position = 0
         self.order = torch.randperm(len(data), generator=self.data_rng)
+        self._order_copy: tuple[torch.Tensor, torch.Tensor] | None = None  # (self.order, its copy on a device)
         self.fixed_noise = noise_for_seeds(range(config.num_samples), config.z_dim)
         self.evaluator = TrainingEvaluator(config, data, self.device, cache_dir) if config.eval_every else None
+        # The step reads fixed buffers (core.gan.step_graph), graphed on CUDA or run eagerly: same numbers.
+        self.inputs = StepInputs.allocate(config, self.batch_size, self.device, self.memory_format, self.noise_rng)
+        self._graphed: GraphedStep | None = None
+        self._reset_step_graph(choose_step_mode(config, self.device, self.precision))
+        log.info("training step: %s", self.step_mode)
+
+    def _reset_step_graph(self, mode: str) -> None:
+        """A new graph (captured after a warm-up) when `mode` is GRAPHED: needed after anything replaces the
+        tensors a captured graph reads, as loading optimiser state does."""
+        self._mode = mode
+        self._graphed = GraphedStep(self._compute_step, self.device, self._prepare_capture) if mode == GRAPHED \
+            else None
+
+    @property
+    def step_mode(self) -> str:
+        """"cuda-graph", or "eager (<why>)": how train_step runs (the warm-up steps of a graphed run are eager)."""
+        return self._graphed.mode if self._graphed is not None else self._mode
+
+    def _prepare_capture(self, capturing: bool) -> None:
+        # Grads unset, so the captured backward allocates them in the graph's pool and replays overwrite them.
+        self.opt_d.zero_grad(set_to_none=True)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.D.requires_grad_(True)  # a failed capture may have stopped inside the G update
+        for group in self.opt_d.param_groups + self.opt_g.param_groups:
+            group["capturable"] = capturing
 
     # ----- state -----
     def state_dict(self) -> dict[str, Any]:
@@ -239,6 +276,8 @@ class Trainer:
         try:
             self.opt_g.load_state_dict(state["opt_g"])
             self.opt_d.load_state_dict(state["opt_d"])
+            for group in self.opt_g.param_groups + self.opt_d.param_groups:
+                group["capturable"] = False  # a graphed run's flag; set again when this run captures its step
             self.scaler.load_state_dict(state["scaler"])
             self.data_rng.set_state(state["rng"]["data"])
             if state.get("device_type") == self.device.type:
@@ -246,6 +285,7 @@ class Trainer:
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{source}: optimiser or RNG state does not fit ({exc})") from None
         self.step, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
+        self._reset_step_graph(self._mode)  # new optimiser state tensors: a captured graph would miss them
         if self.evaluator is not None and state.get("best") is not None:
             self.evaluator.best = dict(state["best"])
         self.order = state["order"]
@@ -264,32 +304,51 @@ class Trainer:
             self.epoch += 1
             self.position = 0
             self.order = torch.randperm(len(self.data), generator=self.data_rng)
-        index = self.order[self.position:self.position + self.batch_size]
+        index = self._order_on(self.images.device)[self.position:self.position + self.batch_size]
         self.position += self.batch_size
-        batch = self.images[index.to(self.images.device)].to(self.device, non_blocking=True)
+        batch = self.images[index].to(self.device, non_blocking=True)
         return to_model_range(batch).contiguous(memory_format=self.memory_format)
+
+    def _order_on(self, device: torch.device) -> torch.Tensor:
+        """The epoch's order on `device`, copied once per epoch: a copy per step from pageable host memory
+        would make the host wait for the GPU every step, and it could not queue the next step meanwhile."""
+        cached = self._order_copy
+        if cached is None or cached[0] is not self.order:
+            self._order_copy = cached = (self.order, self.order.to(device))
+        return cached[1]
 
     def _autocast(self):
         if self.precision == "fp32":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        # No cast cache under a CUDA graph: cached casts would outlive the capture that made them.
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=self._graphed is None)
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+    def _augment(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         policies = self.config.aug_policies
-        return diff_augment(x, policies, self.noise_rng) if policies else x
+        return apply_augment(x, policies, params) if policies else x
 
     def train_step(self) -> dict[str, torch.Tensor]:
-        real = self._next_batch()
-        z = torch.randn(self.batch_size, self.config.z_dim, 1, 1, device=self.device, generator=self.noise_rng)
-        hinge = self.config.loss == "hinge"
+        """One step. Its randomness is drawn here, eagerly, into self.inputs (z, then the augmentations of
+        D(real), D(fake) and G's D(fake)); `_compute_step` reads only those buffers, so it can be a replayed
+        CUDA graph."""
+        self.inputs.fill(self._next_batch(), self.config.aug_policies, self.noise_rng,
+                         self.ema.weight(self.step + 1) if self.ema is not None else None)
+        stats = self._graphed() if self._graphed is not None else self._compute_step()
+        self.step += 1
+        return dict(zip(STAT_NAMES, stats.unbind(0)))
+
+    def _compute_step(self) -> torch.Tensor:
+        """The D update, the G update and the EMA on self.inputs; STAT_NAMES as one tensor."""
+        inputs, hinge = self.inputs, self.config.loss == "hinge"
+        augments = inputs.augments or [{}] * 3
 
         # D: real -> 1, fake -> 0 (bce) or margins (hinge). G's graph is cut: only D learns here.
         self.opt_d.zero_grad(set_to_none=True)
         with self._autocast():
-            fake = self.G_step(z)
-            logits_real = self.D_step(self._augment(real)).float()
-            logits_fake = self.D_step(self._augment(fake.detach())).float()
+            fake = self.G_step(inputs.z)
+            logits_real = self.D_step(self._augment(inputs.real, augments[0])).float()
+            logits_fake = self.D_step(self._augment(fake.detach(), augments[1])).float()
             if hinge:
                 loss_d = F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean()
             else:  # -log sigmoid(x) = softplus(-x): BCE with logits, written out
@@ -301,19 +360,17 @@ class Trainer:
         self.D.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         with self._autocast():
-            logits_gen = self.D_step(self._augment(fake)).float()
+            logits_gen = self.D_step(self._augment(fake, augments[2])).float()
             loss_g = -logits_gen.mean() if hinge else F.softplus(-logits_gen).mean()
         self.scaler.scale(loss_g).backward()
         self.scaler.step(self.opt_g)
         self.scaler.update()
         self.D.requires_grad_(True)
 
-        self.step += 1
         if self.ema is not None:
-            self.ema.update(self.G, self.step)
-        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
-                "d_real": torch.sigmoid(logits_real.detach()).mean(),
-                "d_fake": torch.sigmoid(logits_fake.detach()).mean()}
+            self.ema.apply(self.G, inputs.ema_weight)
+        return torch.stack([loss_d.detach(), loss_g.detach(), torch.sigmoid(logits_real.detach()).mean(),
+                            torch.sigmoid(logits_fake.detach()).mean()])
 
     # ----- outputs -----
     @property
@@ -365,7 +422,8 @@ def train(config: TrainConfig, data: ImageSet, out_dir: Path, *, device: str | t
         trainer = Trainer(config, data, out_dir, device, cache_dir)
     if best is not None and trainer.evaluator is not None:
         trainer.evaluator.best = dict(best)
-    return run(trainer, callbacks, progress_every)
+    with job_stream(trainer.device):
+        return run(trainer, callbacks, progress_every)
 
 
 def run(trainer: Trainer, callbacks: Callbacks, progress_every: int = LOG_EVERY_STEPS) -> TrainResult:
@@ -401,7 +459,7 @@ def run(trainer: Trainer, callbacks: Callbacks, progress_every: int = LOG_EVERY_
                                                    best=dict(evaluator.best))
         progress = Progress(step, total, trainer.epoch, values["loss_d"], values["loss_g"], values["d_real"],
                             values["d_fake"], rate, (total - step) * trainer.batch_size / max(rate, 1e-9),
-                            now - started, **evaluated)
+                            now - started, **evaluated, step_mode=trainer.step_mode)
         metrics.write(json.dumps(progress.to_dict()) + "\n")
         metrics.flush()
         if callbacks.on_progress is not None:

@@ -76,6 +76,19 @@ def test_a_job_that_fits_the_device_but_not_its_free_memory_waits_queued(session
     with session_factory() as session:
         assert capacity.admit(session, job_id, settings) is True
         assert session.get(Job, job_id).status == "queued"  # admitted; claim_job takes it from here
+    # Admitted, its estimate is held until the job ends: a second job the same size must now wait.
+    assert capacity.RESERVATIONS.held == {job_id: needed}
+    other = create(session_factory, tenant_id, "train", BIG, {"dataset": "builtin:digits"})
+    roomy = capacity.DeviceMemory("cpu", available=needed * 2 - 1, capacity=needed * 4)
+    monkeypatch.setattr(capacity, "device_memory", lambda device, override=0: roomy)
+    with session_factory() as session:
+        assert capacity.admit(session, other, settings) is False
+    assert [d for k, d in events_of(session_factory, other) if k == "waiting_for_memory"] == \
+        [{"memory_bytes": needed, "available_bytes": needed - 1, "device": "cpu"}]
+    capacity.RESERVATIONS.release(job_id)
+    with session_factory() as session:
+        assert capacity.admit(session, other, settings) is True
+    capacity.RESERVATIONS.release(other)
 
 
 def test_the_host_s_memory_is_read_and_the_override_only_lowers_it():
