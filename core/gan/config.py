@@ -268,6 +268,8 @@ def _coerce(name: str, f: dataclasses.Field, value: Any, cli_strings: bool = Tru
         raise ConfigError(name, "must not be null")
     if not cli_strings and isinstance(value, str) and base != "str":
         raise ConfigError(name, f"expected {base}, got {value!r}")
+    if optional and base in ("int", "float") and isinstance(value, str) and value.lower() in ("", "none", "null"):
+        return None  # `--set steps=none`: an optional number given as a CLI string
     try:
         if base == "bool":
             if isinstance(value, bool):
@@ -278,14 +280,10 @@ def _coerce(name: str, f: dataclasses.Field, value: Any, cli_strings: bool = Tru
         if base == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            if isinstance(value, str) and optional and value.lower() in ("", "none", "null"):
-                return None
             return int(value)
         if base == "float":
             if isinstance(value, bool):
                 raise ValueError
-            if isinstance(value, str) and optional and value.lower() in ("", "none", "null"):
-                return None
             result = float(value)
             if result != result or result in (float("inf"), float("-inf")):
                 raise ValueError
