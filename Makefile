@@ -4,6 +4,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Two pytest processes (pytest-xdist), one test file each at a time: most tests wait on subprocesses (workers,
+# servers, a browser), so the second core is otherwise idle. PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install run test bench clean
 
@@ -23,7 +26,7 @@ test: $(STAMP)
 	@scripts/ensure_services.sh
 	@scripts/ensure_test_data.sh
 	@scripts/ensure_browser.sh
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/train_throughput.py

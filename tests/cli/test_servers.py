@@ -17,6 +17,7 @@ from sqlalchemy import select
 from core.auth import authenticate, revoke_key
 from core.db import Tenant, make_engine, make_session_factory
 from tests.conftest import flushed_redis
+from tests.redis_dbs import shared_redis_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,7 +55,7 @@ def test_dcgan_up_makes_its_local_key_once(tmp_path):
 
 # ----- the Celery processes: real `dcgan worker` / `dcgan sampler` processes on the test Redis -----
 
-REDIS_URL = os.environ.get("DCGAN_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+REDIS_URL = os.environ.get("DCGAN_TEST_REDIS_URL") or shared_redis_url("worker")
 READY_SECONDS = 90
 
 

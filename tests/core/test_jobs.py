@@ -333,8 +333,10 @@ def test_list_jobs_cursor_pages_have_no_gaps_or_duplicates(session, tenant_id, s
     assert pages == 3 and seen == seven_jobs
 
 
-@pytest.mark.parametrize("cursor", ["", "not base64!", "aGVsbG8", jobs.encode_cursor(T0, uuid.uuid4())[:-3],
-                                    jobs.encode_cursor(T0.replace(tzinfo=None), uuid.uuid4())])
+# A fixed uuid keeps the test ids the same in every pytest process (pytest-xdist compares them).
+@pytest.mark.parametrize("cursor", ["", "not base64!", "aGVsbG8", jobs.encode_cursor(T0, uuid.UUID(int=7))[:-3],
+                                    jobs.encode_cursor(T0.replace(tzinfo=None), uuid.UUID(int=7))],
+                         ids=["empty", "not-base64", "no-separator", "truncated", "naive-time"])
 def test_a_bad_cursor_is_refused(session, tenant_id, cursor):
     with pytest.raises(BadCursor) as error:
         jobs.list_jobs(session, tenant_id, cursor=cursor)

@@ -17,8 +17,9 @@ from core.queue import CeleryQueue
 from core.reaper import reap_once, run_reaper
 from core.settings import Settings
 from tests.conftest import flushed_redis
+from tests.redis_dbs import shared_redis_url
 
-REDIS_URL = "redis://127.0.0.1:6379/10"
+REDIS_URL = shared_redis_url("core")
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
 
 

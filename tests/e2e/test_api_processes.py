@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.services import free_port
+from tests.redis_dbs import shared_redis_url
 
 pytestmark = pytest.mark.timeout(180)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +26,7 @@ def children_of(pid: int) -> list[int]:
 
 def test_two_api_processes_share_one_port_and_stop_together(tmp_path):
     port = free_port()
-    env = {**os.environ, "DCGAN_DATA_DIR": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:6379/14"}
+    env = {**os.environ, "DCGAN_DATA_DIR": str(tmp_path), "REDIS_URL": shared_redis_url("e2e")}
     subprocess.run([sys.executable, "-m", "cli", "db", "upgrade"], cwd=REPO_ROOT, env=env, check=True,
                    capture_output=True)
     server = subprocess.Popen([sys.executable, "-m", "cli", "api", "--port", str(port), "--processes", "2"],

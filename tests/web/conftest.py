@@ -6,9 +6,10 @@ from core.auth import authenticate, create_key
 from core.settings import Settings
 from tests.conftest import flushed_redis
 from web import create_app
+from tests.redis_dbs import shared_redis_url
 
 # The machine's Redis, a database of its own for these tests (another one for a second suite run beside this one).
-TEST_REDIS_URL = os.environ.get("DCGAN_TEST_WEB_REDIS_URL", "redis://127.0.0.1:6379/12")
+TEST_REDIS_URL = os.environ.get("DCGAN_TEST_WEB_REDIS_URL") or shared_redis_url("web")
 
 
 @pytest.fixture

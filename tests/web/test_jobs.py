@@ -55,7 +55,7 @@ def test_a_train_job_may_ask_for_a_shorter_runtime_limit_than_the_servers(api):
     assert len(api.get("/v1/jobs").json["jobs"]) == 3
 
 
-@pytest.mark.parametrize("job_id", ["not-a-uuid", str(uuid.uuid4())])
+@pytest.mark.parametrize("job_id", ["not-a-uuid", str(uuid.UUID(int=7))], ids=["not-a-uuid", "unknown-uuid"])
 def test_unknown_job_is_404(api, job_id):
     for response in (api.get(f"/v1/jobs/{job_id}"), api.post(f"/v1/jobs/{job_id}/cancel"),
                      api.get(f"/v1/jobs/{job_id}/events")):

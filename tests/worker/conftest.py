@@ -24,10 +24,11 @@ from alembic import command
 
 from core.db import ensure_tenant, make_engine, make_session_factory
 from core.settings import Settings
+from tests.redis_dbs import shared_redis_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # A Redis database of the tests' own, flushed at the start, so a developer's queues are left alone.
-REDIS_URL = os.environ.get("DCGAN_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+REDIS_URL = os.environ.get("DCGAN_TEST_REDIS_URL") or shared_redis_url("worker")
 BUCKET = "dcgan-test"
 WORKER_START_SECONDS = 90
 
