@@ -94,6 +94,13 @@ def serve(host: str, port: int, processes: int, threads: int, server: str = "wai
     def when_ready(arbiter) -> None:  # in this process, once the port is bound
         threading.Thread(target=announce_when_all_ready, name="announce", daemon=True).start()
 
+    def child_exit(arbiter, worker) -> None:  # in this process, once a worker process is gone
+        # Its live gauges go with it; its counters stay in the totals (web.metrics, multiprocess mode).
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(worker.pid)
+
     options = {
         "bind": [bind], "workers": processes, "threads": threads + stream_threads, "keepalive": KEEPALIVE_SECONDS,
         "worker_class": WaitressWorker if server == "waitress" else "gthread",
@@ -105,7 +112,7 @@ def serve(host: str, port: int, processes: int, threads: int, server: str = "wai
         "loglevel": "warning",
         # Its default path is one per user, so two API servers on one machine would fight over it.
         "control_socket_disable": True,
-        "post_worker_init": post_worker_init, "when_ready": when_ready,
+        "post_worker_init": post_worker_init, "when_ready": when_ready, "child_exit": child_exit,
     }
 
     class Application(BaseApplication):

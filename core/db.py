@@ -185,6 +185,9 @@ class Job(Base):
         Index("ix_jobs_status_published_at", "status", "published_at"),
         # GET /v1/jobs?sort=best_fid ranks a tenant's evaluated runs.
         Index("ix_jobs_tenant_id_best_fid_id", "tenant_id", "best_fid", "id"),
+        CheckConstraint("priority BETWEEN 0 AND 9", name="priority"),
+        # The scheduler takes a queue's queued jobs in queue_key order (core.scheduling).
+        Index("ix_jobs_status_type_queue_key", "status", "type", "queue_key"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -231,6 +234,16 @@ class Job(Base):
     best_kid: Mapped[float | None] = mapped_column(Float)
     # Evaluate jobs: the scores and how they were made (network, its hash, samples, preprocessing).
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    # 0-9, higher first among the queued jobs of one queue (core.scheduling says how none waits forever).
+    priority: Mapped[int] = mapped_column(default=5, server_default="5")
+    # The order queued jobs are taken in, lowest first: the time queued less a step per priority level.
+    queue_key: Mapped[datetime | None]
+    # A deleted finished job: its artifacts are gone, the row stays as a tombstone so its id answers the same
+    # way ever after.
+    deleted_at: Mapped[datetime | None]
+    # Seconds its attempts ran, added as each one ends, and the device kind of the last one (GET /v1/usage).
+    compute_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    device: Mapped[str | None] = mapped_column(String(32))
 
 
 class Artifact(Base):
@@ -288,6 +301,78 @@ class MetricPoint(Base):
     # loss_d, loss_g, d_real, d_fake, images_per_second (and fid, kid, ... from evaluation)
     values: Mapped[dict[str, Any]] = mapped_column(default=dict)
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookEndpoint(Base):
+    """A tenant's webhook receiver (Standard Webhooks): where to send which events, and the secret that signs
+    them. During a rotation the previous secret signs too, until `previous_secret_expires_at`."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(JSONDocument, default=list)
+    description: Mapped[str] = mapped_column(String(500), default="", server_default="")
+    secret: Mapped[str] = mapped_column(String(128))  # whsec_<base64>
+    previous_secret: Mapped[str | None] = mapped_column(String(128))
+    previous_secret_expires_at: Mapped[datetime | None]
+    # Set when the receiver answered 410 Gone (or an operator turned it off): nothing more is sent.
+    disabled_at: Mapped[datetime | None]
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class WebhookMessage(Base):
+    """The outbox: one event for one endpoint, written in the transaction of the change it reports, so no
+    event is lost with a process and none is sent for a change that rolled back. The id is the
+    `webhook-id` header of every attempt to send it; the payload is frozen when it is written."""
+
+    __tablename__ = "webhook_messages"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
+        # The sender's due messages.
+        Index("ix_webhook_messages_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_webhook_messages_endpoint_id_created_at", "endpoint_id", "created_at"),
+        # job.progress is throttled per job: the newest one of a job is looked up.
+        Index("ix_webhook_messages_job_id_event_type", "job_id", "event_type"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # msg_<random>
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID | None]
+    event_type: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # pending (to send, at next_attempt_at), delivered (a 2xx came back), failed (retries spent, or the
+    # endpoint is disabled or gone)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None]
+    last_attempt_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class WebhookAttempt(Base):
+    """One attempt to send a webhook message: what came back (status, latency) or what went wrong."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_endpoint_id_at", "endpoint_id", "at"),)
+
+    id: Mapped[int] = mapped_column(AutoIncrementId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(64), ForeignKey("webhook_messages.id", ondelete="CASCADE"),
+                                            index=True)
+    endpoint_id: Mapped[uuid.UUID]
+    attempt: Mapped[int]
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None]
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    # scheduled (the sender's own), manual (POST .../deliveries/<id>/retry)
+    trigger: Mapped[str] = mapped_column(String(16), default="scheduled", server_default="scheduled")
 
 
 class IdempotencyRecord(Base):

@@ -27,8 +27,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, delete, func, literal, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from core.db import (FINISHED_STATUSES, Artifact, Job, JobEvent, JobStatus, JobType, MetricPoint, UTCDateTime,
-                     upsert_insert, utcnow)
+from core import webhooks
+from core.db import (FINISHED_STATUSES, Artifact, Job, JobEvent, JobStatus, JobType, MetricPoint, Tenant,
+                     UTCDateTime, upsert_insert, utcnow)
+from core.scheduling import DEFAULT_PRIORITY, queue_key, running_count
 
 # Events a job's stream carries that are not part of its timeline (GET /v1/jobs/<id>/events): the progress
 # of every second, each sample grid and checkpoint, and the `completed` that ends the stream.
@@ -60,8 +62,10 @@ class BadCursor(ValueError):
 def create_job(session: Session, tenant_id: uuid.UUID, type: str, config: dict[str, Any],
                request: dict[str, Any], *, max_attempts: int = 3, dataset_id: uuid.UUID | None = None,
                parent_job_id: uuid.UUID | None = None, generator_id: uuid.UUID | None = None,
-               idempotency_key: str | None = None, now: datetime | None = None) -> Job:
-    """Insert a queued job and its "queued" event."""
+               idempotency_key: str | None = None, priority: int = DEFAULT_PRIORITY,
+               priority_step_seconds: float = 600, now: datetime | None = None) -> Job:
+    """Insert a queued job and its "queued" event; `priority` and `priority_step_seconds` place it in its
+    queue (core.scheduling)."""
     now = now or utcnow()
     if type not in set(JobType):
         raise ValueError(f"type: expected one of {sorted(JobType)}, got {type!r}")
@@ -70,8 +74,8 @@ def create_job(session: Session, tenant_id: uuid.UUID, type: str, config: dict[s
     job = Job(id=uuid.uuid4(), tenant_id=tenant_id, type=type, status=JobStatus.QUEUED, config=config,
               request=request, progress={}, attempt=0, max_attempts=max_attempts, cancel_requested=False,
               dataset_id=dataset_id, parent_job_id=parent_job_id, generator_id=generator_id,
-              idempotency_key=idempotency_key,
-              created_at=now, updated_at=now)
+              idempotency_key=idempotency_key, priority=priority,
+              queue_key=queue_key(now, priority, priority_step_seconds), created_at=now, updated_at=now)
     session.add(job)
     session.flush()
     _event(session, job.id, "queued", 0, now)
@@ -79,12 +83,13 @@ def create_job(session: Session, tenant_id: uuid.UUID, type: str, config: dict[s
 
 
 def claim_job(session: Session, job_id: uuid.UUID, worker: str, lease_seconds: float,
-              now: datetime | None = None) -> int | None:
+              now: datetime | None = None, max_running_per_tenant: int = 0) -> int | None:
     """Take a queued job, or a running one whose lease expired, for `worker`; return the new attempt.
 
     None when the job is not claimable: someone else holds a live lease, it is finished, cancellation
-    was requested, or its attempts are spent. The first UPDATE takes a queued job; only if that misses
-    does the second take over an expired lease, so the event log can say which happened.
+    was requested, its attempts are spent, or (a queued job, with `max_running_per_tenant`) its tenant already
+    runs that many jobs. The first UPDATE takes a queued job; only if that misses does the second take over
+    an expired lease (a job that already counts as running), so the event log can say which happened.
     """
     now = now or utcnow()
     claimable = and_(Job.id == job_id, Job.cancel_requested.is_(False), Job.attempt < Job.max_attempts)
@@ -92,8 +97,14 @@ def claim_job(session: Session, job_id: uuid.UUID, worker: str, lease_seconds: f
                   lease_expires_at=now + timedelta(seconds=lease_seconds), heartbeat_at=now, updated_at=now,
                   started_at=func.coalesce(Job.started_at, literal(now, UTCDateTime())))
     returning = (Job.attempt, Job.checkpoint_step)
-    row = session.execute(update(Job).where(claimable, Job.status == JobStatus.QUEUED).values(**values)
-                          .returning(*returning)).one_or_none()
+    queued = and_(claimable, Job.status == JobStatus.QUEUED)
+    if max_running_per_tenant:
+        # PostgreSQL: one claim per tenant at a time, so the count below sees the other's commit (SQLite runs
+        # one writer at a time anyway; it leaves FOR UPDATE out).
+        tenant = select(Job.tenant_id).where(Job.id == job_id).scalar_subquery()
+        session.execute(select(Tenant.id).where(Tenant.id == tenant).with_for_update())
+        queued = and_(queued, running_count(Job.tenant_id) < max_running_per_tenant)
+    row = session.execute(update(Job).where(queued).values(**values).returning(*returning)).one_or_none()
     if row is None:
         row = session.execute(update(Job).where(claimable, _lease_expired(now)).values(**values)
                               .returning(*returning)).one_or_none()
@@ -163,6 +174,16 @@ def record_best(session: Session, job_id: uuid.UUID, attempt: int, step: int, fi
 def record_result(session: Session, job_id: uuid.UUID, attempt: int, result: dict[str, Any]) -> bool:
     """Keep an evaluate job's result document on its row, if `attempt` still holds the job."""
     return _fenced_update(session, job_id, attempt, result=result, updated_at=utcnow())
+
+
+def add_compute_seconds(session: Session, job_id: uuid.UUID, attempt: int, seconds: float, device: str) -> bool:
+    """Add an ending attempt's running seconds to the job's and note its device kind (GET /v1/usage). Fenced
+    by the attempt number alone, not the status: it is written as the attempt ends, after it finished the job,
+    and an attempt that another one took over from counts nothing."""
+    result = session.execute(update(Job).where(Job.id == job_id, Job.attempt == attempt)
+                             .values(compute_seconds=Job.compute_seconds + max(seconds, 0.0), device=device)
+                             .execution_options(synchronize_session=False))
+    return result.rowcount == 1
 
 
 def set_checkpoint(session: Session, job_id: uuid.UUID, attempt: int, key: str, step: int) -> bool:
@@ -442,7 +463,7 @@ def list_jobs(session: Session, tenant_id: uuid.UUID, status: str | None = None,
     """
     if limit < 1:
         raise ValueError(f"limit: must be positive, got {limit}")
-    query = select(Job).where(Job.tenant_id == tenant_id)
+    query = select(Job).where(Job.tenant_id == tenant_id, Job.deleted_at.is_(None))  # tombstones are not listed
     if status is not None:
         query = query.where(Job.status == status)
     if type is not None:
@@ -558,4 +579,6 @@ def _event(session: Session, job_id: uuid.UUID, kind: str, attempt: int, at: dat
     session.add(JobEvent(job_id=job_id, kind=kind, attempt=attempt, at=at, detail=detail or {}))
     if kind in FINISHED_STATUSES:
         session.add(JobEvent(job_id=job_id, kind="completed", attempt=attempt, at=at, detail={"status": kind}))
+    # The webhook outbox: its messages commit or roll back with the change they report.
+    webhooks.write_job_event(session, job_id, kind, attempt, at)
     session.flush()

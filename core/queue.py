@@ -45,7 +45,10 @@ EVALUATE = Task("dcgan.evaluate", "evaluate")
 SAMPLE = Task("dcgan.sample", "sample")
 # Housekeeping has a queue of its own, so it never waits behind a training run.
 REAP = Task("dcgan.reap", "maintenance")
-TASKS = (TRAIN, GENERATE, EVALUATE, SAMPLE, REAP)
+# Webhook deliveries (core.webhook_delivery) have a queue of their own: the worker that consumes it runs the
+# sender's loop (worker/webhooks.py), and a slow receiver never holds up a job or housekeeping.
+WEBHOOKS = Task("dcgan.deliver_webhooks", "webhooks")
+TASKS = (TRAIN, GENERATE, EVALUATE, SAMPLE, REAP, WEBHOOKS)
 # job type -> the task that runs it
 JOB_TASKS = {"train": TRAIN, "generate": GENERATE, "evaluate": EVALUATE}
 # What `dcgan worker` consumes; `dcgan reaper` consumes REAP.queue.

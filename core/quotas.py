@@ -4,12 +4,12 @@
   whatever became of it, so a create-and-cancel loop meets the cap as surely as a create-and-wait one. Counted
   on the jobs table's (tenant_id, created_at, id) index; `hourly_job_wait` says how long until one more fits.
 - Stored bytes (`Settings.tenant_storage_bytes`): the sizes the database recorded for the tenant's objects --
-  its jobs' artifacts (artifacts.size), its uploaded datasets (datasets.size_bytes) and its uploaded generators
-  (generators.size_bytes of source "upload"; a job's registered generators are that job's artifacts, counted
-  once as such). The API refuses a job whose estimate would pass the quota, counting what the tenant's
-  queued and running jobs are still expected to store (`reserved_bytes`), and an upload that would; the
-  worker refuses an upload that would (`check_storage` -> `StorageQuotaExceeded`, the job fails as
-  `storage_quota`).
+  its jobs' artifacts (artifacts.size), its uploaded datasets (datasets.size_bytes) and its registry versions whose
+  weights are not a job's artifact (uploads, and a deleted job's versions, moved out of it; a live job's
+  registered generators are that job's artifacts, counted once as such; core.usage). The API refuses a job
+  whose estimate would pass the quota, counting what the tenant's queued and running jobs are still expected
+  to store (`reserved_bytes`), and an upload that would; the worker refuses an upload that would
+  (`check_storage` -> `StorageQuotaExceeded`, the job fails as `storage_quota`).
 - Checkpoint retention (`Settings.keep_checkpoints`): `checkpoints_to_delete` says which of a job's recorded
   checkpoints may go once a new one landed.
 
@@ -29,7 +29,8 @@ from typing import Callable, Iterable
 from sqlalchemy import BigInteger, case, cast, func, select
 from sqlalchemy.orm import Session
 
-from core.db import Artifact, Dataset, Generator, Job, JobStatus, utcnow
+from core.db import Artifact, Job, JobStatus, utcnow
+from core.usage import stored_bytes_by_kind
 
 HOUR = timedelta(hours=1)
 _CHECKPOINT_KEY = re.compile(r"/checkpoints/step-(\d+)\.pt$")
@@ -72,14 +73,9 @@ def retry_after(seconds: float) -> str:
 
 
 def stored_bytes(session: Session, tenant_id: uuid.UUID) -> int:
-    """The bytes the tenant keeps in the artifact store, as the database recorded them."""
-    artifacts = (select(func.coalesce(func.sum(Artifact.size), 0)).join(Job, Artifact.job_id == Job.id)
-                 .where(Job.tenant_id == tenant_id))
-    datasets = select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(Dataset.tenant_id == tenant_id)
-    generators = select(func.coalesce(func.sum(Generator.size_bytes), 0)).where(Generator.tenant_id == tenant_id,
-                                                                              Generator.source == "upload")
-    return int(session.scalar(select(artifacts.scalar_subquery() + datasets.scalar_subquery()
-                                     + generators.scalar_subquery())))
+    """The bytes the tenant keeps in the artifact store, as the database recorded them (core.usage counts them
+    by kind; a registry version is counted once, as a job's artifact while its weights are one)."""
+    return sum(stored_bytes_by_kind(session, tenant_id).values())
 
 
 def reserved_bytes(session: Session, tenant_id: uuid.UUID, estimate: Callable[[Job], int],

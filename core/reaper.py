@@ -6,7 +6,9 @@ Each pass (every `settings.reap_seconds`, from Celery beat's `dcgan.reap` task o
    the re-queued ones are published at once;
 2. queued jobs that no worker has claimed for a while are published again (`core.jobs.due_for_publish`):
    this is what survives a Redis restart or flush, and an API that could not reach the broker;
-3. Idempotency-Key records older than `settings.idempotency_hours` are deleted.
+3. Idempotency-Key records older than `settings.idempotency_hours` are deleted;
+4. given the artifact store, the next `settings.orphan_batch` objects of the store are looked at and those no
+   row refers to, older than `settings.orphan_grace_seconds`, are deleted (core.orphans).
 
 Publishing goes through `core.queue.publish`; when the broker is down the job stays queued with its old
 `published_at`, this pass stops publishing, and a later pass tries again. Several reapers may run at once;
@@ -29,8 +31,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import jobs
 from core.db import IdempotencyRecord, Job, utcnow
 from core.error_text import first_line
+from core.orphans import OrphanScan, reap_orphans
 from core.queue import JobQueue, publish
 from core.settings import Settings
+from core.storage import ArtifactStore, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +45,13 @@ class ReapReport:
     published: list[uuid.UUID] = field(default_factory=list)
     publish_failures: int = 0
     idempotency_records_deleted: int = 0
+    orphans_deleted: int = 0
 
 
-def reap_once(session_factory: sessionmaker[Session], queue: JobQueue, settings: Settings) -> ReapReport:
+def reap_once(session_factory: sessionmaker[Session], queue: JobQueue, settings: Settings,
+              store: ArtifactStore | None = None, orphans: OrphanScan | None = None) -> ReapReport:
+    """One pass; the orphan step (4.) runs when a `store` is given, walking on from `orphans` (the caller keeps
+    it between passes; a new one starts at the first key)."""
     report = ReapReport()
     with session_factory() as session:
         report.requeued = jobs.requeue_expired(session)
@@ -62,6 +70,12 @@ def reap_once(session_factory: sessionmaker[Session], queue: JobQueue, settings:
         report.idempotency_records_deleted = delete_expired_idempotency_records(session,
                                                                                 settings.idempotency_hours)
         session.commit()
+        if store is not None:
+            try:
+                report.orphans_deleted = len(reap_orphans(session, store, orphans or OrphanScan(),
+                                                          settings.orphan_grace_seconds, settings.orphan_batch))
+            except StorageError as exc:  # the store is down: the next pass looks again
+                log.warning("reaper: cannot reap orphaned objects, will retry: %s", first_line(exc))
     if report.requeued or report.published or report.publish_failures or report.idempotency_records_deleted:
         log.info("reaper: requeued %d, published %d, publish failures %d, idempotency records deleted %d",
                  len(report.requeued), len(report.published), report.publish_failures,
@@ -79,14 +93,15 @@ def delete_expired_idempotency_records(session: Session, hours: int, now: dateti
 
 
 def run_reaper(session_factory: sessionmaker[Session], queue: JobQueue, settings: Settings,
-               stop: threading.Event) -> None:
+               stop: threading.Event, store: ArtifactStore | None = None) -> None:
     """Reap every `settings.reap_seconds` until `stop` is set (`dcgan up` runs this in a thread).
 
     A database outage is logged and retried on the next pass; it never ends the loop.
     """
+    orphans = OrphanScan()
     while not stop.is_set():
         try:
-            reap_once(session_factory, queue, settings)
+            reap_once(session_factory, queue, settings, store, orphans)
         except SQLAlchemyError as exc:
             log.warning("reaper: database unavailable, will retry: %s", first_line(exc))
         stop.wait(settings.reap_seconds)

@@ -28,6 +28,7 @@ from core.gan.seeds import (DEFAULT_TRUNCATION, GRID_MAX, MAX_SEED, TRUNCATION_M
                             TooManySeeds)
 from core.job_states import JobStatus, JobType
 from core.settings import Settings
+from core.webhooks import EVENTS as WEBHOOK_EVENTS
 
 DEFAULT_NROW = 8
 NROW_MAX = 64
@@ -218,6 +219,12 @@ DatasetRef = Annotated[str, Field(min_length=1, description=f"a dataset id or on
 
 # ----- jobs -----
 
+Priority = Annotated[int, Field(ge=0, le=9, description=(
+    "0-9, higher first among the queued jobs of its queue; a job is never passed over by jobs queued more "
+    "than 9 x DCGAN_PRIORITY_STEP_SECONDS (90 minutes by default) after it, whatever their priority"))]
+PRIORITY_MESSAGE = "must be an integer from 0 to 9"
+
+
 class TrainJobRequest(RequestModel):
     """POST /v1/jobs/train: train a DCGAN on a dataset."""
 
@@ -230,9 +237,11 @@ class TrainJobRequest(RequestModel):
                     "ends failed with error type timeout")] = None
     name: Annotated[RegistryName, Field(json_schema_extra=_without_default, description=(
         "the registry name its final and best generators get versions of (default: the dataset's name)"))] = None
+    priority: Priority = 5
 
     messages = {"dataset": f"must be a dataset id or a {BUILTIN_PREFIX}<name>",
-                "max_runtime_seconds": "must be an integer from 1 to {max_runtime_seconds} (the server's limit)"}
+                "max_runtime_seconds": "must be an integer from 1 to {max_runtime_seconds} (the server's limit)",
+                "priority": PRIORITY_MESSAGE}
 
     @field_validator("max_runtime_seconds")
     @classmethod
@@ -281,11 +290,12 @@ class GenerateJobRequest(RequestModel):
                     f"a job of more seeds also has every image, one PNG per seed, in its images.tar artifact")]
     truncation: Annotated[float, Field(gt=0, le=TRUNCATION_MAX)] = DEFAULT_TRUNCATION
     nrow: Annotated[int, Field(ge=1, le=NROW_MAX, description="images per grid row")] = DEFAULT_NROW
+    priority: Priority = 5
 
     messages = {"generator_job": "no training job {input}", "generator": "no generator {input}",
                 "seeds": "give a list of integers in [0, 2^63) or a range like 0-63",
                 "truncation": f"must be a number in (0, {TRUNCATION_MAX:g}]",
-                "nrow": f"must be an integer from 1 to {NROW_MAX}"}
+                "nrow": f"must be an integer from 1 to {NROW_MAX}", "priority": PRIORITY_MESSAGE}
 
     @classmethod
     def together(cls, data: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -349,9 +359,10 @@ class EvaluateJobRequest(RequestModel):
         DEFAULT_EVAL_SAMPLES
     net: Literal[EVAL_NETS] = Field("auto", description="feature network: auto = the dataset's own classifier "  # type: ignore[valid-type]
                                                         "for digits and fashion-mnist, Inception otherwise")
+    priority: Priority = 5
 
     messages = {"dataset": TrainJobRequest.messages["dataset"], "num": f"an integer from 2 to {MAX_EVAL_SAMPLES}",
-                "net": f"one of {', '.join(EVAL_NETS)}"}
+                "net": f"one of {', '.join(EVAL_NETS)}", "priority": PRIORITY_MESSAGE}
 
     def stored(self, generator_id: uuid.UUID) -> dict[str, Any]:
         return {"generator": self.generator, "generator_id": str(generator_id), "dataset": self.dataset,
@@ -502,3 +513,26 @@ class GeneratorUpload(RequestModel):
 
     messages = {"file:missing": "required: the generator's weights as a .safetensors file",
                 "config:missing": "required: the generator's config as a JSON object"}
+
+
+def _webhook_url(value: str) -> str:
+    # The SSRF guard (core.webhooks.check_url, which resolves the host) runs in the view, with the server's
+    # settings; here only what no receiver URL can be.
+    if without_control_characters(value) != value or any(char.isspace() for char in value):
+        raise _refuse("webhook_url", "must not contain spaces or control characters")
+    return value
+
+
+class WebhookRequest(RequestModel):
+    """POST /v1/webhooks: a receiver for the tenant's job events (Standard Webhooks)."""
+
+    url: Annotated[str, Field(min_length=1, max_length=2048, description=(
+        "https:// URL the events are POSTed to; its host must resolve to public addresses")),
+                   AfterValidator(_webhook_url)]
+    events: Annotated[list[Literal[WEBHOOK_EVENTS]], Field(  # type: ignore[valid-type]
+        min_length=1, max_length=len(WEBHOOK_EVENTS), description="the event types to send")]
+    description: Annotated[str, Field(max_length=500, description="a note for people"),
+                           AfterValidator(without_control_characters)] = ""
+
+    messages = {"events": f"a list of event types from: {', '.join(WEBHOOK_EVENTS)}",
+                "url": "an https:// URL of at most 2048 characters", "description": "text of at most 500 characters"}

@@ -107,6 +107,44 @@ class Settings:
     # default: CUDA's free and total memory, or the CPU's MemAvailable and MemTotal within the cgroup's limit).
     # Set it to reserve memory for other processes on the machine, or in tests; it only ever lowers the numbers.
     worker_memory_bytes: int = 0
+    # ----- scheduling (issue 13; core.scheduling) -----
+    # One priority level is worth this much waiting: a job queued at priority p is taken as if it had been
+    # queued p steps earlier, so a job is never passed over by jobs queued more than 9 steps after it.
+    priority_step_seconds: int = 600
+    # Jobs of one tenant that may run at once, over every queue (0: no cap); a worker leaves a job queued for
+    # other tenants' jobs while its tenant is at the cap.
+    max_running_jobs_per_tenant: int = 0
+    # ----- deleting and retention (issue 13; core.orphans) -----
+    # A store object no row refers to is deleted by the reaper once it is this old: an upload writes its
+    # objects before the row naming them commits, and an hour is far past any upload's commit.
+    orphan_grace_seconds: int = 3600
+    # Store objects the reaper looks at per pass (one bounded listing; S3 lists 1000 a request).
+    orphan_batch: int = 1000
+    # ----- webhooks (issue 13; core.webhooks, core.webhook_delivery) -----
+    # At most one job.progress message per job this often: training reports progress every second.
+    webhook_progress_seconds: int = 30
+    # A message that failed is retried (exponential backoff, full jitter) until this long after it was made.
+    webhook_retry_hours: int = 24
+    # The first retry waits up to this long, each later one up to twice as long as the one before (capped
+    # at an hour); tests make it short.
+    webhook_backoff_seconds: float = 5.0
+    # One attempt's limit: connecting, sending and reading the answer.
+    webhook_timeout_seconds: float = 10.0
+    # After a secret rotation the old secret keeps signing beside the new one this long.
+    webhook_secret_overlap_seconds: int = 86400
+    # http:// receivers (default: https only) and receivers at private, loopback or link-local addresses
+    # (default: refused, the SSRF guard): for tests and private deployments.
+    webhook_allow_http: bool = False
+    webhook_allow_private: bool = False
+    # ----- metrics (issue 13; core.metrics, web.metrics, worker.metrics) -----
+    # GET /metrics wants `Authorization: Bearer <this>` when set; empty leaves it open, for a Prometheus on a
+    # private network (the series name no tenant and no job).
+    metrics_token: str = ""
+    # A worker serves its own metrics (uploads, training steps, job durations) on this port; 0 serves none.
+    worker_metrics_port: int = 0
+    # prometheus_client's multiprocess directory, set by the entry point (cli.servers) before prometheus_client
+    # is imported: when set, a scrape merges the files of every process of the server, else it reads this one.
+    metrics_multiproc_dir: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -145,6 +183,24 @@ class Settings:
             keep_checkpoints=env_int(env, "DCGAN_KEEP_CHECKPOINTS", cls.keep_checkpoints),
             failed_auth_per_minute=env_int(env, "DCGAN_FAILED_AUTH_PER_MINUTE", cls.failed_auth_per_minute),
             worker_memory_bytes=env_int(env, "DCGAN_WORKER_MEMORY_BYTES", cls.worker_memory_bytes),
+            priority_step_seconds=env_int(env, "DCGAN_PRIORITY_STEP_SECONDS", cls.priority_step_seconds),
+            max_running_jobs_per_tenant=env_int(env, "DCGAN_MAX_RUNNING_JOBS_PER_TENANT",
+                                                cls.max_running_jobs_per_tenant),
+            orphan_grace_seconds=env_int(env, "DCGAN_ORPHAN_GRACE_SECONDS", cls.orphan_grace_seconds),
+            orphan_batch=env_int(env, "DCGAN_ORPHAN_BATCH", cls.orphan_batch),
+            webhook_progress_seconds=env_int(env, "DCGAN_WEBHOOK_PROGRESS_SECONDS", cls.webhook_progress_seconds),
+            webhook_retry_hours=env_int(env, "DCGAN_WEBHOOK_RETRY_HOURS", cls.webhook_retry_hours),
+            webhook_backoff_seconds=env_seconds(env, "DCGAN_WEBHOOK_BACKOFF_SECONDS", cls.webhook_backoff_seconds),
+            webhook_timeout_seconds=env_seconds(env, "DCGAN_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds),
+            webhook_secret_overlap_seconds=env_int(env, "DCGAN_WEBHOOK_SECRET_OVERLAP_SECONDS",
+                                                   cls.webhook_secret_overlap_seconds),
+            webhook_allow_http=env_flag(env, "DCGAN_WEBHOOK_ALLOW_HTTP"),
+            webhook_allow_private=env_flag(env, "DCGAN_WEBHOOK_ALLOW_PRIVATE"),
+            metrics_token=env.get("DCGAN_METRICS_TOKEN", ""),
+            # 0 is allowed here (metrics off), unlike the positive integers env_int reads.
+            worker_metrics_port=0 if env.get("DCGAN_WORKER_METRICS_PORT") == "0"
+            else env_int(env, "DCGAN_WORKER_METRICS_PORT", cls.worker_metrics_port),
+            metrics_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR", ""),
         )
         return settings.with_defaults()
 
@@ -175,3 +231,25 @@ def env_int(env: Mapping[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise SettingsError(f"{name}: must be positive, got {value}")
     return value
+
+
+def env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A positive number of seconds (fractions allowed), or default when unset; else a SettingsError naming it."""
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise SettingsError(f"{name}: must be a positive number, got {raw!r}")
+    return value
+
+
+def env_flag(env: Mapping[str, str], name: str) -> bool:
+    """A 0/1 switch, off when unset; anything else is a SettingsError naming it."""
+    raw = env.get(name, "")
+    if raw not in ("", "0", "1"):
+        raise SettingsError(f"{name}: expected 0 or 1, got {raw!r}")
+    return raw == "1"

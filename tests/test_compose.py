@@ -1,5 +1,6 @@
 """docker-compose.yml cannot run here (no Docker engine); this keeps it honest against the code instead."""
 
+import json
 import re
 from pathlib import Path
 from urllib.parse import urlparse
@@ -79,7 +80,7 @@ def test_the_api_keeps_its_session_secret_across_re_created_containers():
 def test_each_queue_has_a_consumer():
     """Every task's queue (core.queue) is consumed by a service, read from the services' commands as `dcgan`
     reads them: jobs on the workers, evaluation on its own low-priority worker, sampling on the sampler."""
-    from core.queue import EVALUATE, REAP, SAMPLE, TASKS, WORKER_QUEUES
+    from core.queue import EVALUATE, REAP, SAMPLE, TASKS, WEBHOOKS, WORKER_QUEUES
 
     consumed: dict[str, set[str]] = {}
     for name, service in _compose()["services"].items():
@@ -90,11 +91,101 @@ def test_each_queue_has_a_consumer():
             queues = [SAMPLE.queue]
         elif command[:2] == ["dcgan", "reaper"]:
             queues = [REAP.queue]
+        elif command[:2] == ["dcgan", "webhooks"]:
+            queues = [WEBHOOKS.queue]
         else:
             continue
         for queue in queues:
             consumed.setdefault(queue, set()).add(name)
     assert {task.queue for task in TASKS} <= set(consumed), consumed
     assert consumed[EVALUATE.queue] == {"evaluator"} and consumed[SAMPLE.queue] == {"sampler"}
+    assert consumed[WEBHOOKS.queue] == {"webhooks"}
     evaluator = _compose()["services"]["evaluator"]["command"]
     assert evaluator[evaluator.index("--nice") + 1] == "10"  # scoring yields the CPU to training and sampling
+
+
+# ----- the monitoring profile: Prometheus and Grafana (issue 13) -----
+
+MONITORING = ("prometheus", "grafana")
+
+
+def _mounted(service: dict, target: str) -> Path:
+    """The repository path a service bind-mounts at `target` (its `./...:target[:ro]` volume)."""
+    for mount in service["volumes"]:
+        source, destination = mount.split(":")[:2]
+        if destination == target and source.startswith("./"):
+            return ROOT / source
+    raise AssertionError(f"nothing from the repository is mounted at {target}")
+
+
+def test_monitoring_services_start_only_with_their_profile():
+    compose = _compose()
+    services = compose["services"]
+    for name in MONITORING:
+        assert services[name]["profiles"] == ["monitoring"], name
+    assert all("profiles" not in service for name, service in services.items() if name not in MONITORING)
+    for name in MONITORING:  # named volumes are declared; bind mounts exist in the repository
+        for mount in services[name]["volumes"]:
+            source = mount.split(":")[0]
+            assert (ROOT / source).exists() if source.startswith("./") else source in compose["volumes"], mount
+    assert services["grafana"]["depends_on"] == ["prometheus"]
+
+
+def test_prometheus_scrapes_the_api_and_every_celery_service_where_they_serve():
+    services = _compose()["services"]
+    config = yaml.safe_load(_mounted(services["prometheus"], "/etc/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    api_port = services["api"]["ports"][0].split(":")[1]
+    assert jobs["dcgan-api"]["metrics_path"] == "/metrics"
+    assert jobs["dcgan-api"]["static_configs"][0]["targets"] == [f"api:{api_port}"]
+    assert api_port in " ".join(services["api"]["command"])
+    discovery = jobs["dcgan-workers"]["dns_sd_configs"][0]
+    celery_services = {name for name, service in services.items()
+                       if (service.get("command") or [None, None])[:2] in (["dcgan", "worker"], ["dcgan", "sampler"],
+                                                                           ["dcgan", "reaper"], ["dcgan", "webhooks"])}
+    assert celery_services and celery_services <= set(discovery["names"]), celery_services
+    for name in celery_services:  # each serves its metrics on the port Prometheus looks at
+        settings = Settings.from_env(services[name]["environment"])
+        assert settings.worker_metrics_port == discovery["port"], name
+
+
+def test_grafana_is_provisioned_with_the_datasource_and_the_dashboard():
+    grafana = _compose()["services"]["grafana"]
+    provisioning = _mounted(grafana, "/etc/grafana/provisioning")
+    datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((provisioning / "dashboards" / "dcgan.yml").read_text())["providers"][0]
+    assert _mounted(grafana, provider["options"]["path"]) == ROOT / "deploy" / "grafana" / "dashboards"
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "dcgan.json").read_text())
+    uids = {panel["datasource"]["uid"] for panel in dashboard["panels"]}
+    assert uids == {datasource["uid"]}
+
+
+def _exported_series(session_factory) -> set[str]:
+    """Every sample name the platform exports: the API's (HTTP series, the database's collector) and the
+    workers' own, read from the collectors themselves."""
+    from prometheus_client.metrics_core import Metric
+
+    from core.metrics import DatabaseCollector
+    from web.metrics import HTTP_LATENCY, HTTP_REQUESTS
+    from worker.metrics import LOCAL_METRICS
+
+    families: list[Metric] = [*DatabaseCollector(session_factory).collect()]
+    for collector in (HTTP_REQUESTS, HTTP_LATENCY, *LOCAL_METRICS):
+        families += collector.describe()
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {family.name + suffix for family in families for suffix in suffixes[family.type]}
+
+
+def test_dashboard_panels_chart_series_the_code_exports(session_factory):
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "dcgan.json").read_text())
+    titles = {panel["title"] for panel in dashboard["panels"]}
+    assert {"Queue depth", "Jobs by status", "Images/s per worker", "API latency"} <= titles, titles
+    exported = _exported_series(session_factory)
+    assert {"dcgan_queue_depth", "dcgan_jobs", "dcgan_training_images_per_second",
+            "dcgan_http_request_duration_seconds_bucket"} <= exported
+    for panel in dashboard["panels"]:
+        named = set()
+        for target in panel["targets"]:
+            named |= set(re.findall(r"\b(dcgan_[a-z_]+)", target["expr"]))
+        assert named and named <= exported, (panel["title"], named - exported)

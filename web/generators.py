@@ -131,7 +131,8 @@ def get(ref: str):
 def _evaluations(row: Generator) -> list[dict[str, Any]]:
     """The succeeded evaluate jobs that scored this version, newest first."""
     found = db().scalars(select(Job).where(Job.tenant_id == row.tenant_id, Job.generator_id == row.id,
-                                           Job.type == JobType.EVALUATE, Job.status == JobStatus.SUCCEEDED)
+                                           Job.type == JobType.EVALUATE, Job.status == JobStatus.SUCCEEDED,
+                                           Job.deleted_at.is_(None))
                          .order_by(Job.created_at.desc()).limit(50))
     keep = ("dataset", "feature_net", "num_samples", "fid", "kid_mean", "is_mean")
     return [{"job_id": str(job.id), **{k: (job.result or {}).get(k) for k in keep},

@@ -17,13 +17,14 @@ from typing import Any
 from flask import Blueprint, current_app, has_request_context, request, url_for
 from sqlalchemy import func, select
 
-from core import jobs, quotas, registry
+from core import jobs, quotas, registry, scheduling
 from core.db import Job, JobStatus, JobType, Tenant
 from core.queue import publish
 from core.gan.catalog import builtin_size
 from core.gan.config import LOG_EVERY_STEPS, TrainConfig
 from core.gan.cost import Estimate, estimate_generate, estimate_train, human_bytes
 from core.gan.seeds import GENERATE_CHUNK, SampleError
+from core.job_view import iso, job_document
 from core.request_models import (BUILTIN_PREFIX, EvaluateJobRequest, GenerateJobRequest, JobListQuery, MetricsQuery,
                                  TrainJobRequest)
 
@@ -47,24 +48,22 @@ def job_or_404(job_id: str) -> Job:
     job = jobs.get_job(db(), tenant_id(), parsed)
     if job is None:
         raise Problem(404, f"no job {job_id[:100]!r}")
+    if job.deleted_at is not None:
+        raise deleted_job(job.id, job.deleted_at)
     return job
 
 
+def deleted_job(job_id: uuid.UUID, deleted_at) -> Problem:
+    """What every route of a deleted job answers, ever after (its row is a tombstone: core.deletion)."""
+    return Problem(410, f"job {job_id} was deleted at {deleted_at.isoformat()}; its artifacts are gone",
+                   slug="job-deleted", title="Job deleted", deleted_at=deleted_at.isoformat())
+
+
 def job_json(job: Job) -> dict[str, Any]:
-    progress = dict(job.progress or {})
-    best = {"step": job.best_step, "fid": job.best_fid, "kid": job.best_kid} if job.best_step is not None else None
-    return {
-        "id": str(job.id), "type": job.type, "status": job.status, "attempt": job.attempt,
-        "max_attempts": job.max_attempts, "config": job.config,
-        "request": {k: v for k, v in (job.request or {}).items() if k != "estimate"}, "progress": progress,
-        # What the platform expects the job to need (core.gan.cost), as checked at submission.
-        "estimate": (job.request or {}).get("estimate"),
-        "best": best, "result": job.result, "cancel_requested": job.cancel_requested,
-        "error": {"type": job.error_type, "detail": job.error_detail} if job.error_type else None,
-        "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at), "updated_at": _iso(job.updated_at),
-        "links": _job_links(str(job.id)),
-    }
+    """The job document (core.job_view, which the webhook payloads use too) with the router's links and, for a
+    queued job, its place in its queue (one COUNT; core.scheduling)."""
+    position = scheduling.queue_position(db(), job) if job.status == JobStatus.QUEUED else None
+    return job_document(job, _job_links(str(job.id)), position)
 
 
 # A job id no job has: job_links' templates hold it where the id goes.
@@ -85,10 +84,6 @@ def _job_links(job_id: str) -> dict[str, str]:
             "stream": url_for("stream.stream", job_id=_PLACEHOLDER_ID),
             "artifacts": url_for("artifacts.list_", job_id=_PLACEHOLDER_ID)}
     return {name: template.replace(_PLACEHOLDER_ID, job_id) for name, template in templates.items()}
-
-
-def _iso(value) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 def _accepted(job: Job):
@@ -180,8 +175,13 @@ def create_train():
     job = jobs.create_job(db(), tenant_id(), JobType.TRAIN, submitted.config.to_dict(),
                           {**submitted.stored(name), "estimate": estimate.totals()},
                           dataset_id=dataset.id if dataset is not None else None, max_attempts=_max_attempts(),
-                          idempotency_key=idempotency_key())
+                          idempotency_key=idempotency_key(), **_placement(submitted.priority))
     return _accepted(job)
+
+
+def _placement(priority: int) -> dict[str, Any]:
+    """create_job's arguments that place a job in its queue (core.scheduling)."""
+    return {"priority": priority, "priority_step_seconds": current_app.config["SETTINGS"].priority_step_seconds}
 
 
 def _max_attempts() -> int:
@@ -226,12 +226,12 @@ def create_generate():
         version = lookups.generator(submitted.generator)
         job = jobs.create_job(db(), tenant_id(), JobType.GENERATE, version.config, submitted.stored(version.id),
                               generator_id=version.id, max_attempts=_max_attempts(),
-                              idempotency_key=idempotency_key())
+                              idempotency_key=idempotency_key(), **_placement(submitted.priority))
     else:
         parent = lookups.train_job(submitted.generator_job)
         job = jobs.create_job(db(), parent.tenant_id, JobType.GENERATE, parent.config, submitted.stored(),
                               parent_job_id=parent.id, max_attempts=_max_attempts(),
-                              idempotency_key=idempotency_key())
+                              idempotency_key=idempotency_key(), **_placement(submitted.priority))
     _check_limits(estimate_generate(TrainConfig.from_dict(job.config), submitted.seeds.count, GENERATE_CHUNK,
                                     source="generator" if submitted.generator is not None else "generator_job"))
     return _accepted(job)
@@ -249,7 +249,8 @@ def create_evaluate():
     dataset = None if submitted.dataset.startswith(BUILTIN_PREFIX) else lookups.dataset(submitted.dataset)
     job = jobs.create_job(db(), tenant_id(), JobType.EVALUATE, version.config, submitted.stored(version.id),
                           generator_id=version.id, dataset_id=dataset.id if dataset is not None else None,
-                          max_attempts=_max_attempts(), idempotency_key=idempotency_key())
+                          max_attempts=_max_attempts(), idempotency_key=idempotency_key(),
+                          **_placement(submitted.priority))
     return _accepted(job)
 
 
@@ -299,7 +300,7 @@ def cancel(job_id: str):
            {200: "events and last_event_id"})
 def events(job_id: str):
     job = job_or_404(job_id)
-    return {"events": [{"id": e.id, "at": _iso(e.at), "kind": e.kind, "attempt": e.attempt,
+    return {"events": [{"id": e.id, "at": iso(e.at), "kind": e.kind, "attempt": e.attempt,
                         "detail": jobs.tenant_view(e.detail)}
                        for e in jobs.list_events(db(), job.id)],
             "last_event_id": jobs.newest_event_id(db(), job.id)}
@@ -312,7 +313,7 @@ def metrics(job_id: str):
     job = job_or_404(job_id)
     max_points = validated(MetricsQuery, query_input(request)).max_points
     rows = jobs.metric_points(db(), job.id)
-    points = [{"step": row.step, **row.values, "at": _iso(row.at)} for row in rows]
+    points = [{"step": row.step, **row.values, "at": iso(row.at)} for row in rows]
     return {"job_id": str(job.id), "interval": LOG_EVERY_STEPS, "total_points": len(points),
             "points": evenly_spaced(points, max_points) if max_points else points}
 

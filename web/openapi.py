@@ -25,8 +25,9 @@ _PROBLEM_ANSWER = {"description": "an RFC 9457 problem", "content": {"applicatio
 BINARY = {"description": "the file", "content": {"application/octet-stream": {}}}
 JOB = {"description": "the job", "content": {"application/json": {"schema": {"type": "object"}}}}
 REDIRECT = {"description": "a presigned URL (S3)"}
-# Endpoints of these blueprints, and Flask's static files, are pages for browsers, not API operations.
-NOT_API_BLUEPRINTS = frozenset({"pages"})
+# Endpoints of these blueprints, and Flask's static files, are pages for browsers, not API operations; /metrics
+# (web.metrics) is Prometheus's, not part of the API contract.
+NOT_API_BLUEPRINTS = frozenset({"pages", "metrics"})
 _REF = "#/components/schemas/{model}"
 
 
@@ -97,6 +98,8 @@ def _operation(declared: Operation, arguments: dict[str, dict[str, Any]], models
     answers = {str(status): {"description": answer} if isinstance(answer, str) else answer
                for status, answer in declared.answers.items()}
     problems = set(declared.problems) | ({404} if arguments else set())
+    if "job_id" in arguments:  # a deleted job's id answers 410 on every route of it (web.jobs.job_or_404)
+        problems.add(410)
     result: dict[str, Any] = {"summary": declared.summary}
     parameters = [{"name": name, "in": "path", "required": True, "schema": schema}
                   for name, schema in sorted(arguments.items())]

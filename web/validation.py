@@ -17,6 +17,7 @@ from flask import Request, current_app, request
 from core import registry
 from core.archives import ArchiveError
 from core.db import Dataset, Generator, Job
+from core.deletion import lock_reference
 from core.request_models import (MAX_NAME_LENGTH, RequestInvalid, RequestModel, parse_id, valid_unicode, validate,
                                  without_control_characters)
 from core.weights import WeightsError
@@ -41,7 +42,9 @@ class TenantLookups:
         if row_id is None:  # malformed: no row has that id
             return None
         if (model, row_id) not in self._found:
-            self._found[model, row_id] = get_by_id(model, str(row_id), lambda row: row.tenant_id == tenant_id())
+            row = get_by_id(model, str(row_id), lambda row: row.tenant_id == tenant_id())
+            # Held until the new job commits, so a concurrent delete cannot take it from under the job.
+            self._found[model, row_id] = row if row is not None and lock_reference(db(), model, row.id) else None
         return self._found[model, row_id]
 
     def dataset(self, ref: str) -> Dataset | None:
@@ -53,7 +56,8 @@ class TenantLookups:
     def generator(self, ref: str) -> Generator | None:
         """A registry reference: an id, name:version or name@alias (core.registry), resolved once."""
         if ("ref", ref) not in self._found:
-            self._found["ref", ref] = registry.resolve(db(), tenant_id(), ref)
+            row = registry.resolve(db(), tenant_id(), ref)
+            self._found["ref", ref] = row if row is not None and lock_reference(db(), Generator, row.id) else None
         return self._found["ref", ref]
 
 

@@ -31,6 +31,8 @@ from core.queue import publish, send_job_task
 from core.settings import Settings
 from core.storage import ArtifactStore, ObjectNotFound, StorageError, job_prefix
 
+from worker.metrics import UPLOAD_ERRORS
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -118,6 +120,10 @@ class Attempt:
         remaining = (started - utcnow()).total_seconds() + self.runtime_limit
         self.deadline = time.monotonic() + remaining
         self.lease = LeaseKeeper(context, job_id, attempt)
+        # The attempt's running seconds and device kind, added to the job's as it ends (`account`).
+        self.began = time.monotonic()
+        self.device: str | None = None
+        self._accounted = False
 
     def job(self) -> Job:
         job = self.session.get(Job, self.job_id, populate_existing=True)
@@ -238,7 +244,11 @@ class Attempt:
 
         def attempt_put():
             self.ensure_holds()
-            return put()
+            try:
+                return put()
+            except StorageError:
+                UPLOAD_ERRORS.inc()  # every failed try: an outage shows even when a retry gets through
+                raise
 
         def waiting(state: RetryCallState) -> None:
             log.warning("job %s: upload of %s failed (%s); retrying in %g s", self.job_id, key,
@@ -272,18 +282,40 @@ class Attempt:
             log.warning("job %s: failed with %s, but attempt %s no longer holds it", self.job_id, error_type,
                         self.attempt)
 
+    def account(self) -> None:
+        """Add this attempt's running seconds to the job's, once (a requeue or release already did, in its own
+        transaction: a successor may claim the job the moment it is queued)."""
+        if self._accounted:
+            return
+        try:
+            self.session.rollback()
+            self._accounted = self._add_compute()
+            self.session.commit()
+        except SQLAlchemyError as exc:  # usage loses this attempt's seconds; the job's state is already recorded
+            self.session.rollback()
+            log.warning("job %s: attempt %s's compute seconds not recorded (database unavailable): %s",
+                        self.job_id, self.attempt, first_line(exc))
+
+    def _add_compute(self) -> bool:
+        return jobs.add_compute_seconds(self.session, self.job_id, self.attempt, time.monotonic() - self.began,
+                                        self.device or "cpu")
+
     def release(self) -> None:
         """Graceful stop: hand the job back to the queue now (not when the lease runs out) and ring the bell."""
         self.session.rollback()
+        counted = self._add_compute()
         if jobs.release_lease(self.session, self.job_id, self.attempt):
             self.session.commit()
+            self._accounted = counted
             log.info("job %s: released on shutdown; published again", self.job_id)
             self.context.publish(self.job_type, self.job_id)
 
     def requeue(self, error_type: str, detail: str) -> None:
         self.session.rollback()
+        counted = self._add_compute()
         status = jobs.requeue_for_retry(self.session, self.job_id, self.attempt, error_type, detail)
         self.session.commit()
+        self._accounted = counted
         if status == JobStatus.QUEUED:
             self.context.publish(self.job_type, self.job_id)
 

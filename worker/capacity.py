@@ -58,18 +58,30 @@ CGROUP = Path("/sys/fs/cgroup")
 
 
 class Reservations:
-    """The memory estimates of the jobs this worker process runs now, by job id."""
+    """The memory estimates of the jobs this worker process runs now, by job id, and the jobs one of its threads
+    is admitting or running (`take`): two threads woken at once may pick the same best job (core.scheduling),
+    and the one that loses the claim must not release the winner's reservation."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()  # held from measuring free memory to reserving it
         self.held: dict[uuid.UUID, int] = {}
+        self.taken: set[uuid.UUID] = set()
 
     def total(self) -> int:
         return sum(self.held.values())
 
+    def take(self, job_id: uuid.UUID) -> bool:
+        """Mark the job as this thread's to admit and run; False when another thread of this process has it."""
+        with self.lock:
+            if job_id in self.taken:
+                return False
+            self.taken.add(job_id)
+            return True
+
     def release(self, job_id: uuid.UUID) -> None:
         with self.lock:
             self.held.pop(job_id, None)
+            self.taken.discard(job_id)
 
 
 # Process-wide, like the device: every job thread of this worker admits against the same ledger.

@@ -16,8 +16,10 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_init, worker_process_shutdown
 from kombu import Queue
 
+from core import webhooks
 from core.queue import REAP, TASKS, TRAIN
 from core.settings import Settings, SettingsError, env_int
 
@@ -27,7 +29,9 @@ def make_celery(settings: Settings, threads: int | None = None) -> Celery:
     if not settings.redis_url:
         raise SettingsError("REDIS_URL: not set; the worker needs a Redis broker "
                             "(`dcgan up` starts one and sets it)")
-    app = Celery("dcgan", broker=settings.redis_url, include=["worker.tasks", "worker.sampling"])
+    # The outbox writer (core.webhooks) runs inside core.jobs' transitions, where no settings are passed.
+    webhooks.configure(settings.webhook_progress_seconds)
+    app = Celery("dcgan", broker=settings.redis_url, include=["worker.tasks", "worker.sampling", "worker.webhooks"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -58,6 +62,22 @@ def make_celery(settings: Settings, threads: int | None = None) -> Celery:
         dcgan_threads=threads,
     )
     return app
+
+
+@worker_init.connect
+def _serve_metrics(sender=None, **_: object) -> None:
+    """The worker's own series on DCGAN_WORKER_METRICS_PORT (worker.metrics), from its main process."""
+    from worker.metrics import serve
+
+    serve(sender.app.conf.dcgan_settings)
+
+
+@worker_process_shutdown.connect
+def _forget_pool_child(pid=None, **_: object) -> None:
+    """A prefork child ends: its multiprocess gauge files go (worker.metrics)."""
+    from worker.metrics import mark_process_dead
+
+    mark_process_dead(app.conf.dcgan_settings, pid or os.getpid())
 
 
 def _threads_from_env() -> int | None:

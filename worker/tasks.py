@@ -45,16 +45,18 @@ from celery import Celery, shared_task
 from celery.signals import worker_shutting_down
 from celery.utils.log import get_task_logger
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core import jobs, registry
+from core import jobs, registry, scheduling
 from core.db import Artifact, Job, JobStatus, JobType, make_engine, make_session_factory
 from core.error_text import described, first_line
 from core.gan.checkpoint import CheckpointError
 from core.gan.config import TrainConfig
 from core.gan.errors import GanError
 from core.gan.train import Callbacks, Progress, train
-from core.queue import EVALUATE, GENERATE, REAP, TRAIN
+from core.queue import EVALUATE, GENERATE, REAP, TRAIN, publish
+from core.orphans import OrphanScan
 from core.reaper import reap_once
 from core.quotas import StorageQuotaExceeded
 from core.settings import Settings
@@ -66,6 +68,7 @@ from worker.capacity import RESERVATIONS, admit
 from worker.evaluation import run_evaluation
 from worker.generation import run_generation
 from worker.loading import load_dataset, worker_cache
+from worker.metrics import TrainingCounter, observe_attempt_end
 
 log = get_task_logger(__name__)
 
@@ -121,37 +124,79 @@ def evaluate_task(self, job_id: str) -> None:
     _run_job(self.app, job_id, JobType.EVALUATE, run_evaluation)
 
 
+# Where this process's reaper passes walk the store on from (core.orphans): each pass looks at the next batch.
+_orphan_scan = OrphanScan()
+
+
 @shared_task(name=REAP.name, bind=True)
 def reap_task(self) -> None:
     """Celery beat's periodic reaper pass (core.reaper), on the `maintenance` queue; the pass logs what it
     did, and nothing when it did nothing (every 15 s)."""
     context = _get_context(self.app)
-    reap_once(context.session_factory, context, context.settings)
+    reap_once(context.session_factory, context, context.settings, context.store, _orphan_scan)
 
 
 def _run_job(app: Celery, job_id_text: str, job_type: str, body: Callable[[Attempt], None]) -> None:
+    """A message rang for its queue (core.scheduling): run the best job this worker may claim there."""
     context = _get_context(app)
-    job_id = uuid.UUID(job_id_text)
+    settings = context.settings
     with context.session_factory() as session:
-        if not admit(session, job_id, context.settings):  # too big for this device: failed, or left queued
+        for job_id in _jobs_to_try(session, uuid.UUID(job_id_text), job_type, settings):
+            if not RESERVATIONS.take(job_id):  # another thread of this worker is on it: try the next
+                continue
+            try:
+                if not admit(session, job_id, settings):  # too big for this device: failed, or left queued
+                    return
+                if _claim_and_run(context, session, job_id, job_type, body):
+                    break
+            finally:
+                RESERVATIONS.release(job_id)  # its memory is free for the next claim (--jobs-per-gpu)
+        else:
             return
-        try:
-            _claim_and_run(context, session, job_id, job_type, body)
-        finally:
-            RESERVATIONS.release(job_id)  # its memory is free for the next claim (--jobs-per-gpu)
+        if settings.max_running_jobs_per_tenant:
+            _ring_for_tenant(context, session, job_id)
+
+
+def _jobs_to_try(session: Session, message_job: uuid.UUID, job_type: str, settings: Settings) -> list[uuid.UUID]:
+    """The message's own job when it is running (an expired lease to take over: claim_job decides) or was sent
+    to the wrong task (a bug, recorded as such when it is claimed), else the queue's best claimable queued jobs,
+    best first (core.scheduling), which need not include it."""
+    row = session.execute(select(Job.status, Job.type).where(Job.id == message_job)).one_or_none()
+    if row is not None and (row.status == JobStatus.RUNNING or row.type != job_type):
+        chosen = [message_job]
+    else:
+        chosen = scheduling.candidates(session, job_type, settings.max_running_jobs_per_tenant, limit=5)
+    session.commit()
+    if not chosen:
+        log.info("job %s: not claimable, and nothing else is in the %s queue (taken, finished, or every queued "
+                 "job's tenant is at its running cap); this delivery does nothing", message_job, job_type)
+    return chosen
+
+
+def _ring_for_tenant(context: Context, session: Session, job_id: uuid.UUID) -> None:
+    """A job of a tenant under a running cap ended: send a message for its next queued job in each queue now,
+    instead of leaving it to the reaper."""
+    tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == job_id))
+    waiting = scheduling.waiting_for_tenant(session, tenant_id) if tenant_id is not None else []
+    session.commit()
+    for waiting_id, waiting_type in waiting:
+        publish(context, session, waiting_type, waiting_id)
 
 
 def _claim_and_run(context: Context, session: Session, job_id: uuid.UUID, job_type: str,
-                   body: Callable[[Attempt], None]) -> None:
-    """Claim the job (its memory is reserved by admit()) and run its attempt, recording how it ended."""
-    attempt = jobs.claim_job(session, job_id, _worker_name(), context.settings.lease_seconds)
+                   body: Callable[[Attempt], None]) -> bool:
+    """Claim the job (its memory is reserved by admit()) and run its attempt, recording how it ended; False
+    when it was not claimable (another worker took it, it finished, or its tenant reached its cap)."""
+    attempt = jobs.claim_job(session, job_id, _worker_name(), context.settings.lease_seconds,
+                             max_running_per_tenant=context.settings.max_running_jobs_per_tenant)
     session.commit()
     if attempt is None:
-        log.info("job %s: not claimable (finished, cancelled, out of attempts or held by a live "
-                 "worker); this delivery does nothing", job_id)
-        return
+        log.info("job %s: not claimable (finished, cancelled, out of attempts, held by a live worker or its "
+                 "tenant at its running cap)", job_id)
+        return False
     log.info("job %s: claimed as attempt %s", job_id, attempt)
     run = Attempt(context, session, job_id, attempt)
+    run.device = "cuda" if torch.cuda.is_available() else "cpu"  # as core.gan's "auto" picks (GET /v1/usage)
     run.lease.start()
     try:
         if run.job_type != job_type:
@@ -178,6 +223,9 @@ def _claim_and_run(context: Context, session: Session, job_id: uuid.UUID, job_ty
         raise
     finally:
         run.lease.stop()
+        run.account()  # its seconds and device on the job's row (GET /v1/usage)
+        observe_attempt_end(context.session_factory, job_id, attempt)  # dcgan_job_duration_seconds
+    return True
 
 
 def _worker_name() -> str:
@@ -198,8 +246,10 @@ class _TrainHooks:
     going down) or "timeout" (the job's runtime limit); a fenced-out attempt raises FencedOut instead.
     """
 
-    def __init__(self, run: Attempt, notes: list[str], resumed_from: Artifact | None) -> None:
+    def __init__(self, run: Attempt, notes: list[str], resumed_from: Artifact | None, batch_size: int) -> None:
         self.run, self.notes, self.resumed_from = run, notes, resumed_from
+        # The worker's step and image counters (worker.metrics), from the step this attempt resumes at.
+        self.steps_counted = TrainingCounter(resumed_from.step or 0 if resumed_from else 0, batch_size)
         self.started = False  # the loop has begun stepping (so a CheckpointError is not about resuming)
         self.stop_reason: str | None = None
         self._last_progress = -math.inf
@@ -220,6 +270,7 @@ class _TrainHooks:
                          on_checkpoint=self.on_checkpoint, on_sample=self.on_sample, on_best=self.on_best)
 
     def on_progress(self, progress: Progress) -> None:
+        self.steps_counted.count(progress.step)
         self._total_steps = progress.total_steps
         if not self._points or self._points[-1][0] != progress.step:  # a stop re-reports its last step
             names = METRIC_NAMES + (EVAL_NAMES if progress.fid is not None else ())
@@ -304,7 +355,7 @@ def _train(run: Attempt) -> None:
             path = _fetch_checkpoint(run, candidate, tmp_dir / "resume", notes) if candidate else None
             if candidate is not None and path is None:
                 continue
-            hooks = _TrainHooks(run, notes, candidate)
+            hooks = _TrainHooks(run, notes, candidate, config.batch_size)
             try:
                 result = train(config, data, tmp_dir / "run", resume_from=path, callbacks=hooks.callbacks(),
                                cache_dir=worker_cache(run, "metrics"), best=_best_of(job))

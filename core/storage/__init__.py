@@ -17,13 +17,13 @@ from .keys import (best_generator_key, checkpoint_key, dataset_key, dataset_pref
                    grid_key, images_key, job_prefix, sample_key, tenant_prefix, uploaded_generator_key, validate_key,
                    validate_prefix)
 from .local import LocalStore
-from .protocol import ArtifactStore, ObjectNotFound, StorageError, StoredObject, content_type_for
+from .protocol import ArtifactStore, ListedObject, ObjectNotFound, StorageError, StoredObject, content_type_for
 from .s3 import S3Store
 
 if TYPE_CHECKING:
     from core.settings import Settings
 
-__all__ = ["ArtifactStore", "LocalStore", "ObjectNotFound", "S3Store", "StorageError", "StoredObject",
+__all__ = ["ArtifactStore", "ListedObject", "LocalStore", "ObjectNotFound", "S3Store", "StorageError", "StoredObject",
            "best_generator_key", "checkpoint_key", "content_type_for", "dataset_key", "dataset_prefix",
            "evaluation_key", "generator_key", "grid_key", "images_key", "job_prefix", "open_store", "sample_key",
            "tenant_prefix", "uploaded_generator_key", "validate_key", "validate_prefix"]

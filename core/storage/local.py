@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
 from .keys import check_delete_prefix, validate_key, validate_prefix
-from .protocol import CHUNK, HashingReader, ObjectNotFound, StorageError, StoredObject, StoreMixin, content_type_for
+from .protocol import (CHUNK, HashingReader, ListedObject, ObjectNotFound, StorageError, StoredObject, StoreMixin,
+                       content_type_for)
 
 
 class LocalStore(StoreMixin):
@@ -86,6 +88,20 @@ class LocalStore(StoreMixin):
                 if key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
+
+    def list_objects(self, prefix: str = "", start_after: str = "", limit: int | None = None) -> list[ListedObject]:
+        found = []
+        for key in self.list(prefix):
+            if key <= start_after:
+                continue
+            if limit is not None and len(found) >= limit:
+                break
+            try:
+                stat = (self._resolved_root / key).stat()
+            except FileNotFoundError:  # deleted between the walk and the stat
+                continue
+            found.append(ListedObject(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, timezone.utc)))
+        return found
 
     def delete(self, key: str) -> None:
         try:

@@ -13,6 +13,7 @@ import io
 import os
 import shutil
 from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO, Protocol
 
 CHUNK = 1024 * 1024
@@ -42,6 +43,15 @@ class StoredObject:
     content_type: str
 
 
+@dataclass(frozen=True)
+class ListedObject:
+    """An object as a listing shows it: the orphan reaper (core.orphans) needs its age, GET /v1/usage none."""
+
+    key: str
+    size: int
+    modified: datetime  # timezone-aware UTC: the last write (LocalStore: the file's mtime)
+
+
 def content_type_for(key: str) -> str:
     """The content type the platform uses for a key, from its extension (what LocalStore serves with)."""
     return _CONTENT_TYPES.get(os.path.splitext(key)[1].lower(), "application/octet-stream")
@@ -69,6 +79,10 @@ class ArtifactStore(Protocol):
 
     def list(self, prefix: str = "") -> list[str]:
         """Sorted keys that start with `prefix` (a plain string prefix, as in S3)."""
+
+    def list_objects(self, prefix: str = "", start_after: str = "", limit: int | None = None) -> list[ListedObject]:
+        """`list`, with each object's size and last-modified time, sorted by key: the first `limit` (None: all)
+        of those whose key sorts after `start_after`, so a caller can walk a large store in batches."""
 
     def delete(self, key: str) -> None:
         """Remove the object; no error when it is already gone."""

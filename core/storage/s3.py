@@ -4,12 +4,14 @@ made, so the API starts fast."""
 from __future__ import annotations
 
 import contextlib
+from datetime import timezone
 from typing import BinaryIO, Iterator
 
 from core.error_text import first_line
 
 from .keys import check_delete_prefix, validate_key, validate_prefix
-from .protocol import HashingReader, ObjectNotFound, StorageError, StoredObject, StoreMixin, content_type_for
+from .protocol import (HashingReader, ListedObject, ObjectNotFound, StorageError, StoredObject, StoreMixin,
+                       content_type_for)
 
 
 class S3Store(StoreMixin):
@@ -118,6 +120,21 @@ class S3Store(StoreMixin):
             for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 keys.extend(obj["Key"][len(self.prefix):] for obj in page.get("Contents", []))
         return sorted(keys)
+
+    def list_objects(self, prefix: str = "", start_after: str = "", limit: int | None = None) -> list[ListedObject]:
+        full = self.prefix + validate_prefix(prefix)
+        # S3 lists in key order (UTF-8 bytes), so StartAfter and a count bound one batch of a walk.
+        extra = {"StartAfter": self.prefix + start_after} if start_after else {}
+        if limit is not None:
+            extra["PaginationConfig"] = {"MaxItems": limit}
+        found = []
+        with self._errors("list", prefix):
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full, **extra)
+            for page in pages:
+                found.extend(ListedObject(obj["Key"][len(self.prefix):], obj["Size"],
+                                          obj["LastModified"].astimezone(timezone.utc))
+                             for obj in page.get("Contents", []))
+        return sorted(found, key=lambda listed: listed.key)[:limit]
 
     def delete(self, key: str) -> None:
         full = self._full(key)

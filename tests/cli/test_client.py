@@ -18,6 +18,7 @@ class Peer:
     def __init__(self, script: list[str | int]):
         self.script = list(script)
         self.requests: list[dict[str, str]] = []
+        self.bodies: list[bytes] = []
         self.server = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -32,6 +33,7 @@ class Peer:
             with connection:
                 head, body = self._read(connection)
                 self.requests.append(head)
+                self.bodies.append(body)
                 if action == "drop":
                     continue
                 payload = json.dumps({"ok": True} if action < 400 else {
@@ -107,3 +109,21 @@ def test_giving_up_after_every_attempt(peer):
     with pytest.raises(ClientError, match="no answer from"):
         request("GET", "/v1/jobs", environ=env(server))
     assert len(server.requests) == SEND_ATTEMPTS
+
+
+@pytest.mark.parametrize("args, path", [
+    (["train", "--dataset", "builtin:digits"], "/v1/jobs/train"),
+    (["generate", "--generator", "faces@champion", "--seeds", "0-3"], "/v1/jobs/generate"),
+    (["evaluate", "--generator", "faces:2", "--dataset", "builtin:digits"], "/v1/jobs/evaluate")])
+def test_priority_is_sent_when_given_and_left_to_the_server_otherwise(peer, monkeypatch, args, path):
+    from cli.main import main
+
+    server = peer([202, 202])
+    for name, value in env(server).items():
+        monkeypatch.setenv(name, value)
+    assert main(["jobs", *args, "--priority", "9"]) == 0
+    assert main(["jobs", *args]) == 0
+    assert [r["request"] for r in server.requests] == [f"POST {path} HTTP/1.1"] * 2
+    first, second = (json.loads(body) for body in server.bodies)
+    assert first["priority"] == 9 and "priority" not in second
+    assert {k: v for k, v in first.items() if k != "priority"} == second

@@ -120,6 +120,22 @@ def test_worker_without_queues_runs_train_and_generate(tmp_path, redis_client):
         stop(process)
 
 
+def test_webhooks_runs_the_sender_on_its_own_queue_and_up_starts_it(tmp_path, redis_client):
+    from cli.servers import _up_workers
+
+    assert _up_workers()["webhooks"] == ["webhooks"]
+    process, log_path = start_dcgan(["webhooks"], tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while "webhook sender: polling" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        banner = log_path.read_text()
+        assert ".> webhooks" in banner and ".> train" not in banner and "webhooks@" in banner
+    finally:
+        stop(process)
+
+
 def test_an_empty_queue_list_is_refused():
     result = subprocess.run([sys.executable, "-m", "cli", "worker", "--queues", " , "], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)

@@ -50,7 +50,8 @@ def test_stored_bytes_count_artifacts_datasets_and_uploaded_generators_once(sess
     session.add(Generator(tenant_id=tenant_id, name="g", config={}, storage_key="k1", size_bytes=4000, sha256="0" * 64,
                           source="upload"))
     # A job's registered generator is the job's artifact: counted once, as the artifact.
-    session.add(Generator(tenant_id=tenant_id, name="g", version=2, config={}, storage_key="k2", size_bytes=1000,
+    session.add(Generator(tenant_id=tenant_id, name="g", version=2, config={},
+                          storage_key=f"tenants/t/jobs/{job_id}/generator.safetensors", size_bytes=1000,
                           sha256="0" * 64, source="final", job_id=job_id))
     other = ensure_tenant(session, "other").id
     session.add(Dataset(tenant_id=other, name="d", source="upload", storage_prefix="q/", size_bytes=99_999))

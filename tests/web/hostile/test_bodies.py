@@ -13,7 +13,7 @@ from tests.web.hostile.builders import CONFIG, TRAIN
 CASES = [
     Case("NUL in a JSON string", post_json("/v1/jobs/train", {**TRAIN, "dataset": "builtin:\x00digits"}), 422,
          "validation-error"),
-    Case("unknown field", post_json("/v1/jobs/train", {**TRAIN, "priority": 1}), 422, "validation-error"),
+    Case("unknown field", post_json("/v1/jobs/train", {**TRAIN, "urgency": 1}), 422, "validation-error"),
     Case("mass assignment of read-only fields", post_json("/v1/jobs/train", {
         **TRAIN, "status": "succeeded", "id": str(uuid.uuid4()), "attempt": 3}), 422, "validation-error"),
     Case("mass assignment of the tenant", post_json("/v1/jobs/generate", lambda f: {
