@@ -16,9 +16,10 @@ from typing import Any
 
 from flask import Blueprint, current_app, has_request_context, request, url_for
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from core import jobs, quotas, registry, scheduling
-from core.db import Job, JobStatus, JobType, Tenant
+from core.db import Dataset, Generator, Job, JobStatus, JobType, Tenant
 from core.queue import publish
 from core.gan.catalog import builtin_size
 from core.gan.config import LOG_EVERY_STEPS, TrainConfig
@@ -172,16 +173,32 @@ def create_train():
     estimate = estimate_train(submitted.config, num_images=num_images,
                               keep_checkpoints=current_app.config["SETTINGS"].keep_checkpoints)
     _check_limits(estimate)
-    job = jobs.create_job(db(), tenant_id(), JobType.TRAIN, submitted.config.to_dict(),
-                          {**submitted.stored(name), "estimate": estimate.totals()},
-                          dataset_id=dataset.id if dataset is not None else None, max_attempts=_max_attempts(),
-                          idempotency_key=idempotency_key(), **_placement(submitted.priority))
+    job = _create_job(tenant_id(), JobType.TRAIN, submitted.config.to_dict(),
+                      {**submitted.stored(name), "estimate": estimate.totals()},
+                      dataset_id=dataset.id if dataset is not None else None, max_attempts=_max_attempts(),
+                      idempotency_key=idempotency_key(), **_placement(submitted.priority))
     return _accepted(job)
 
 
 def _placement(priority: int) -> dict[str, Any]:
     """create_job's arguments that place a job in its queue (core.scheduling)."""
     return {"priority": priority, "priority_step_seconds": current_app.config["SETTINGS"].priority_step_seconds}
+
+
+def _create_job(*args: Any, **kwargs: Any) -> Job:
+    """jobs.create_job in the request's session, answering 422 when a dataset or generator the job names was
+    deleted between its lookup and this insert. PostgreSQL cannot get there (the lookup holds a KEY SHARE lock
+    on the row: web.validation); on SQLite the lookup cannot lock it and the insert's foreign key fails."""
+    try:
+        return jobs.create_job(db(), *args, **kwargs)
+    except IntegrityError:
+        db().rollback()
+        for field, model, row_id in (("dataset", Dataset, kwargs.get("dataset_id")),
+                                     ("generator", Generator, kwargs.get("generator_id"))):
+            if row_id is not None and db().get(model, row_id) is None:
+                raise validation_problem([{"field": field, "message": f"{field} {row_id} was deleted while this "
+                                                                      "job was being submitted"}]) from None
+        raise
 
 
 def _max_attempts() -> int:
@@ -224,14 +241,14 @@ def create_generate():
                           max_seeds_per_job=current_app.config["SETTINGS"].max_seeds_per_job)
     if submitted.generator is not None:
         version = lookups.generator(submitted.generator)
-        job = jobs.create_job(db(), tenant_id(), JobType.GENERATE, version.config, submitted.stored(version.id),
-                              generator_id=version.id, max_attempts=_max_attempts(),
-                              idempotency_key=idempotency_key(), **_placement(submitted.priority))
+        job = _create_job(tenant_id(), JobType.GENERATE, version.config, submitted.stored(version.id),
+                          generator_id=version.id, max_attempts=_max_attempts(),
+                          idempotency_key=idempotency_key(), **_placement(submitted.priority))
     else:
         parent = lookups.train_job(submitted.generator_job)
-        job = jobs.create_job(db(), parent.tenant_id, JobType.GENERATE, parent.config, submitted.stored(),
-                              parent_job_id=parent.id, max_attempts=_max_attempts(),
-                              idempotency_key=idempotency_key(), **_placement(submitted.priority))
+        job = _create_job(parent.tenant_id, JobType.GENERATE, parent.config, submitted.stored(),
+                          parent_job_id=parent.id, max_attempts=_max_attempts(),
+                          idempotency_key=idempotency_key(), **_placement(submitted.priority))
     _check_limits(estimate_generate(TrainConfig.from_dict(job.config), submitted.seeds.count, GENERATE_CHUNK,
                                     source="generator" if submitted.generator is not None else "generator_job"))
     return _accepted(job)
@@ -247,10 +264,10 @@ def create_evaluate():
     submitted = validated(EvaluateJobRequest, json_body(request), lookups=lookups)
     version = lookups.generator(submitted.generator)
     dataset = None if submitted.dataset.startswith(BUILTIN_PREFIX) else lookups.dataset(submitted.dataset)
-    job = jobs.create_job(db(), tenant_id(), JobType.EVALUATE, version.config, submitted.stored(version.id),
-                          generator_id=version.id, dataset_id=dataset.id if dataset is not None else None,
-                          max_attempts=_max_attempts(), idempotency_key=idempotency_key(),
-                          **_placement(submitted.priority))
+    job = _create_job(tenant_id(), JobType.EVALUATE, version.config, submitted.stored(version.id),
+                      generator_id=version.id, dataset_id=dataset.id if dataset is not None else None,
+                      max_attempts=_max_attempts(), idempotency_key=idempotency_key(),
+                      **_placement(submitted.priority))
     return _accepted(job)
 
 

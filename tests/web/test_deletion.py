@@ -7,8 +7,10 @@ from __future__ import annotations
 import io
 import uuid
 
+import pytest
+
 from core import jobs, registry
-from core.db import Job
+from core.db import Dataset, Job
 from core.storage import dataset_prefix, job_prefix
 from tests.core.test_deletion import WEIGHTS, finished_train_job
 from tests.core.test_weights import generator_arrays, safetensors_bytes
@@ -137,3 +139,28 @@ def test_usage_counts_stored_bytes_by_kind_and_jobs_by_status(api_app, api, redi
     assert after["compute_seconds"]["cuda"] == 12.5  # the time was spent
     with api_app.extensions["dcgan"]["sessions"]() as session:
         assert [v.id for v in registry.of_job(session, api.tenant_id, job_id)]
+
+
+def test_a_dataset_deleted_between_a_submissions_lookup_and_its_insert_is_422_not_500(api_app, api, redis_client,
+                                                                                     backend, monkeypatch):
+    """SQLite only: its lookup cannot lock the row (PostgreSQL's KEY SHARE lock makes the delete wait, tested in
+    tests/core/test_deletion.py), so a delete can commit in between and the insert's foreign key fails. The
+    delete is made to land exactly there, from another session."""
+    if backend != "sqlite":
+        pytest.skip("on PostgreSQL the delete waits for the lock the submission holds (tests/core/test_deletion.py)")
+    dataset_id = upload_dataset(api)
+    real_create = jobs.create_job
+
+    def deleted_first(session, *args, **kwargs):
+        with api_app.extensions["dcgan"]["sessions"]() as other:
+            other.delete(other.get(Dataset, uuid.UUID(dataset_id)))
+            other.commit()
+        return real_create(session, *args, **kwargs)
+
+    monkeypatch.setattr(jobs, "create_job", deleted_first)
+    answer = api.post("/v1/jobs/train", json={"dataset": dataset_id, "config": CONFIG})
+    assert answer.status_code == 422 and answer.json["type"] == "/problems/validation-error", answer.json
+    assert answer.json["errors"] == [{"field": "dataset", "message": f"dataset {dataset_id} was deleted while this "
+                                                                     "job was being submitted"}]
+    with api_app.extensions["dcgan"]["sessions"]() as session:
+        assert session.query(Job).count() == 0
