@@ -276,7 +276,10 @@ class JobEvent(Base):
     """
 
     __tablename__ = "job_events"
-    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),
+                      # GET /metrics counts the rare kinds (lease_expired, requeued, resumed) at every scrape, in
+                      # a table with a progress row per second of every job's training.
+                      Index("ix_job_events_kind", "kind"))
 
     id: Mapped[int] = mapped_column(AutoIncrementId, primary_key=True, autoincrement=True)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))

@@ -14,6 +14,7 @@ Create Date: 2026-12-02
 - `webhook_messages`: the outbox. A row per (event, endpoint), written in the transaction of the state change
   it reports; its id is the `webhook-id` header of every attempt to send it.
 - `webhook_attempts`: each attempt to send a message (status, latency, error).
+- `ix_job_events_kind`: GET /metrics counts lease expiries, retries and resumes from job_events at every scrape.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def upgrade() -> None:
         for row in connection.execute(sa.select(jobs.c.id, jobs.c.created_at)).all():
             connection.execute(jobs.update().where(jobs.c.id == row.id)
                                .values(queue_key=row.created_at - timedelta(seconds=3000)))
+    op.create_index("ix_job_events_kind", "job_events", ["kind"])
     op.create_table(
         "webhook_endpoints",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -118,6 +120,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("webhook_attempts")
+    op.drop_index("ix_job_events_kind", table_name="job_events")
     op.drop_table("webhook_messages")
     op.drop_index("ix_webhook_endpoints_tenant_id", table_name="webhook_endpoints")
     op.drop_table("webhook_endpoints")
