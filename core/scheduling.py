@@ -77,12 +77,12 @@ def queue_position(session: Session, job: Job) -> int | None:
 def waiting_for_tenant(session: Session, tenant_id: uuid.UUID) -> list[tuple[uuid.UUID, str]]:
     """The best queued job of each queue of `tenant_id`, (id, type): what to ring for when one of its jobs
     ends while it has a running cap, so its next job does not wait for the reaper."""
-    rows = session.execute(select(Job.id, Job.type, Job.queue_key)
+    rows = session.execute(select(Job.id, Job.type)
                            .where(Job.tenant_id == tenant_id, Job.status == JobStatus.QUEUED,
                                   Job.cancel_requested.is_(False))
                            .order_by(Job.queue_key, Job.id)).all()
     best: dict[str, uuid.UUID] = {}
-    for job_id, job_type, _ in rows:
+    for job_id, job_type in rows:
         best.setdefault(job_type, job_id)
     return [(job_id, job_type) for job_type, job_id in best.items()]
 
