@@ -13,8 +13,12 @@ GAN FIDs vary from training seed to training seed, so every side runs once per `
 the mean and the sample standard deviation; the ratio is of the means.
 
     .venv/bin/python bench/quality.py                          # digits 32x32, 500 steps, seeds 0,1,2
-    .venv/bin/python bench/quality.py --dataset fashion-mnist --img-size 64 --steps 2000
+    .venv/bin/python bench/quality.py --dataset fashion-mnist --img-size 64 --steps 2000 --equal-time
     .venv/bin/python bench/quality.py --steps 150 --width 32 --seeds 0   # a quick look
+
+`--equal-time` also scores the standard recipe's generator as it was when its training clock reached ours (a
+copy taken in the same run), for FID at equal wall-clock time. `--merge a.json b.json ...` prints the outputs of
+several runs of one setup (one training seed per process, say) as one summary.
 
 Writes grids of sample seeds 0-63 of the first training seed for both sides to --out (default docs/) and prints
 one JSON object.
@@ -50,9 +54,12 @@ SUMMARY = ("fid", "kid_mean", "is_mean", "train_seconds")
 def compare(steps: int = 500, width: int = 64, z_dim: int = 100, batch_size: int = 64, num: int = 2000,
             out_dir: Path | None = None, cache_dir: Path | None = None, seed: int = 0,
             workers: int = 2, overrides: dict | None = None, device: str = "cpu", baseline: str | None = "standard",
-            dataset: str = "digits", img_size: int = 32, baseline_steps: int | None = None) -> dict:
+            dataset: str = "digits", img_size: int = 32, baseline_steps: int | None = None,
+            equal_time: bool = False) -> dict:
     """One training seed: ours and the baseline (None: ours only), trained and scored. `baseline_steps`: the
-    baseline's G updates when not `steps` (equal wall-clock time instead of equal work)."""
+    baseline's G updates when not `steps` (equal wall-clock time instead of equal work). `equal_time` (standard
+    recipe only): also score the baseline's generator as it was when its training clock reached ours, a copy
+    taken during the same run (`baseline_equal_time`)."""
     images = load_images(dataset, img_size, 1, cache_dir=cache_dir)
     net = load_feature_net(dataset)
     results: dict[str, dict] = {}
@@ -79,32 +86,72 @@ def compare(steps: int = 500, width: int = 64, z_dim: int = 100, batch_size: int
     data = TensorDataset(to_model_range(images.images))  # main.py's ToTensor + Normalize, precomputed
     loader = seed_dataloader(data, batch_size) if workers else \
         torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True)
+    snapshot = {"seconds": train_seconds} if equal_time else None
+    if equal_time and baseline != "standard":
+        raise ValueError("equal_time snapshots the standard recipe only")
     generator = trainer(loader, baseline_steps or steps, nz=z_dim, ngf=width, ndf=width, nc=1, img_size=img_size,
-                        seed=seed, device=device).cpu()
+                        seed=seed, device=device, **({"snapshot": snapshot} if equal_time else {})).cpu()
     train_seconds = round(time.perf_counter() - started, 1)
-    candidates = {mode: _score(_baseline_sampler(generator, z_dim, mode == "train"), images, dataset, net, num,
-                               cache_dir) for mode in ("eval", "train")}
-    best = min(candidates, key=lambda mode: candidates[mode]["fid"])
-    other = candidates["train" if best == "eval" else "eval"]["fid"]
-    results["baseline"] = {**candidates[best], "recipe": baseline, "steps": baseline_steps or steps, "bn_mode": best,
-                           "fid_other_bn_mode": other, "train_seconds": train_seconds}
+    best, results["baseline"] = _score_baseline(generator, z_dim, images, dataset, net, num, cache_dir)
+    results["baseline"].update(recipe=baseline, steps=baseline_steps or steps, train_seconds=train_seconds)
+    if snapshot is not None:
+        # No copy: the baseline finished all its steps within our time, so its final G is its equal-time G.
+        _, results["baseline_equal_time"] = _score_baseline(snapshot.get("generator", generator).cpu(), z_dim,
+                                                            images, dataset, net, num, cache_dir)
+        results["baseline_equal_time"].update(
+            recipe=baseline, steps=snapshot.get("steps", baseline_steps or steps),
+            train_seconds=snapshot["seconds"], capped_by_steps="generator" not in snapshot)
     if out_dir is not None:
         save_png(ours_grid, out_dir / f"quality-{dataset}-ours.png")
         save_png(grid_image(_baseline_sampler(generator, z_dim, best == "train")(0, 64)),
                  out_dir / f"quality-{dataset}-{grid_name}.png")
+    extra = {} if snapshot is None else {
+        "baseline_equal_time": results["baseline_equal_time"],
+        "fid_ratio_ours_over_baseline_equal_time": results["ours"]["fid"] / results["baseline_equal_time"]["fid"]}
     return {**summary, "baseline": results["baseline"],
-            "fid_ratio_ours_over_baseline": results["ours"]["fid"] / results["baseline"]["fid"]}
+            "fid_ratio_ours_over_baseline": results["ours"]["fid"] / results["baseline"]["fid"], **extra}
 
 
 def compare_seeds(seeds: list[int], out_dir: Path | None = None, **options) -> dict:
     """`compare` once per training seed (grids from the first), with each side's mean and spread."""
     runs = [compare(seed=seed, out_dir=out_dir if i == 0 else None, **options) for i, seed in enumerate(seeds)]
-    sides = [side for side in ("ours", "baseline") if side in runs[0]]
+    return summarise(runs)
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Each side's mean and spread over runs of one setup (one dict per training seed, as `compare` returns)."""
+    sides = [side for side in ("ours", "baseline", "baseline_equal_time") if side in runs[0]]
     summary = {side: {name: _spread([run[side][name] for run in runs]) for name in SUMMARY} for side in sides}
-    result = {"seeds": seeds, "summary": summary, "runs": runs}
+    if "baseline_equal_time" in summary:
+        summary["baseline_equal_time"]["steps"] = _spread([run["baseline_equal_time"]["steps"] for run in runs])
+    result = {"seeds": [run["seed"] for run in runs], "summary": summary, "runs": runs}
     if "baseline" in summary:
         result["fid_ratio_of_means"] = summary["ours"]["fid"]["mean"] / summary["baseline"]["fid"]["mean"]
+    if "baseline_equal_time" in summary:
+        result["fid_ratio_of_means_equal_time"] = (summary["ours"]["fid"]["mean"]
+                                                   / summary["baseline_equal_time"]["fid"]["mean"])
     return result
+
+
+def merge(results: list[dict]) -> dict:
+    """Several outputs of this script (e.g. one training seed per process or per day) as one: refused when
+    their setups differ or a seed repeats. The machines each ran on are kept, in order."""
+    runs = [run for result in results for run in result["runs"]]
+    setup = ("steps", "batch_size", "width", "z_dim", "dataset", "overrides")
+    first = {key: runs[0][key] for key in setup}
+    for run in runs[1:]:
+        if {key: run[key] for key in setup} != first:
+            raise ValueError(f"seed {run['seed']} ran another setup: {({key: run[key] for key in setup})} "
+                             f"against {first}")
+        if "baseline" in run and run["baseline"]["recipe"] != runs[0]["baseline"]["recipe"]:
+            raise ValueError(f"seed {run['seed']} has another baseline")
+    seeds = [run["seed"] for run in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"a training seed repeats: {seeds}")
+    sides = {tuple(side for side in ("baseline", "baseline_equal_time") if side in run) for run in runs}
+    if len(sides) != 1:
+        raise ValueError("some runs have an equal-time or baseline side and others do not")
+    return {**summarise(runs), "machines": [result.get("machine") for result in results]}
 
 
 def _spread(values: list[float]) -> dict:
@@ -121,6 +168,16 @@ def _baseline_sampler(generator: torch.nn.Module, z_dim: int, train_mode: bool):
         return torch.cat([generator(chunk) for chunk in z.split(64)]).float()
 
     return generate
+
+
+def _score_baseline(generator: torch.nn.Module, z_dim: int, images, dataset: str, net, num: int,
+                    cache_dir: Path | None) -> tuple[str, dict]:
+    """The baseline's scores in the BatchNorm mode that serves it better, with the other mode's FID beside."""
+    candidates = {mode: _score(_baseline_sampler(generator, z_dim, mode == "train"), images, dataset, net, num,
+                               cache_dir) for mode in ("eval", "train")}
+    best = min(candidates, key=lambda mode: candidates[mode]["fid"])
+    other = candidates["train" if best == "eval" else "eval"]["fid"]
+    return best, {**candidates[best], "bn_mode": best, "fid_other_bn_mode": other}
 
 
 def _score(generate, images, dataset: str, net, num: int, cache_dir: Path | None) -> dict:
@@ -140,12 +197,19 @@ def main() -> None:
     parser.add_argument("--baseline", default="standard", choices=(*BASELINES, "none"))
     parser.add_argument("--baseline-steps", type=int, default=None,
                         help="the baseline's steps, when not --steps (e.g. what it trains in our wall-clock time)")
+    parser.add_argument("--equal-time", action="store_true",
+                        help="also score the standard recipe's G as it was when its clock reached our training time")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="print the outputs of earlier runs (one seed each, say) as one, and train nothing")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override our config")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "dcgan-platform")
     args = parser.parse_args()
+    if args.merge:
+        print(json.dumps(merge([json.loads(path.read_text()) for path in args.merge]), indent=2))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     flags = sorted({flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
@@ -154,7 +218,8 @@ def main() -> None:
                            width=args.width, num=args.num, cache_dir=args.cache_dir,
                            overrides=parse_set_options(args.set), device=args.device,
                            baseline=None if args.baseline == "none" else args.baseline, dataset=args.dataset,
-                           img_size=args.img_size, baseline_steps=args.baseline_steps)
+                           img_size=args.img_size, baseline_steps=args.baseline_steps,
+                           equal_time=args.equal_time)
     result["machine"] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu_flags": flags,
                          "threads": torch.get_num_threads(), "device": args.device}
     print(json.dumps(result, indent=2))

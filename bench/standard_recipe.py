@@ -16,6 +16,8 @@ block fewer on each side, as there). Noise is drawn on the device. Nothing here 
 
 from __future__ import annotations
 
+import copy
+import time
 from typing import Iterable
 
 import torch
@@ -81,11 +83,19 @@ class StandardRecipe:
 
 def train_standard_recipe(loader_or_batches: Iterable, steps: int, nz: int = 100, ngf: int = 64, ndf: int = 64,
                           nc: int = 3, img_size: int = 64, device: str | torch.device = "cpu",
-                          seed: int = 0) -> Generator:
-    """Run main.py's loop for `steps` batches, re-iterating the loader per epoch; returns G."""
+                          seed: int = 0, snapshot: dict | None = None) -> Generator:
+    """Run main.py's loop for `steps` batches, re-iterating the loader per epoch; returns G.
+
+    `snapshot`, when given, is a dict with "seconds": once that much time has passed since the call began, a copy
+    of G after the last finished step goes under "generator" and that step count under "steps" (equal wall-clock
+    time in one run; no copy when the whole run is shorter)."""
+    started = time.perf_counter()
     recipe = StandardRecipe(nz, ngf, ndf, nc, img_size, device, seed)
-    for _, real_images in batches(loader_or_batches, steps):
+    for done, (_, real_images) in enumerate(batches(loader_or_batches, steps), start=1):
         recipe.step(real_images)
+        if snapshot is not None and "generator" not in snapshot \
+                and time.perf_counter() - started >= snapshot["seconds"]:
+            snapshot.update(generator=copy.deepcopy(recipe.generator), steps=done)
     return recipe.generator
 
 

@@ -43,3 +43,17 @@ def test_weights_follow_the_dcgan_init():
     weights = torch.cat([w.flatten() for w in convs])
     assert abs(weights.std().item() - 0.02) < 0.002 and abs(weights.mean().item()) < 0.002
     assert all(abs(m.weight.mean().item() - 1.0) < 0.01 and torch.all(m.bias == 0) for m in norms)
+
+
+def test_a_snapshot_keeps_g_as_it_was_when_the_clock_ran_out():
+    """bench/quality.py --equal-time scores this copy: G after the first step past the time, not the final G."""
+    from bench.standard_recipe import train_standard_recipe
+
+    real = [torch.rand(8, 1, 32, 32) * 2 - 1]
+    early, never = {"seconds": 0.0}, {"seconds": 3600.0}
+    final = train_standard_recipe(real, 3, nz=8, ngf=4, ndf=4, nc=1, img_size=32, snapshot=early)
+    assert early["steps"] == 1
+    one_step = train_standard_recipe(real, 1, nz=8, ngf=4, ndf=4, nc=1, img_size=32, snapshot=never)
+    assert "generator" not in never
+    for copied, reference, last in zip(early["generator"].parameters(), one_step.parameters(), final.parameters()):
+        assert torch.equal(copied, reference) and not torch.equal(copied, last)
