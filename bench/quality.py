@@ -60,6 +60,8 @@ def compare(steps: int = 500, width: int = 64, z_dim: int = 100, batch_size: int
     baseline's G updates when not `steps` (equal wall-clock time instead of equal work). `equal_time` (standard
     recipe only): also score the baseline's generator as it was when its training clock reached ours, a copy
     taken during the same run (`baseline_equal_time`)."""
+    if equal_time and baseline != "standard":  # before our side trains, not after: it can take many minutes
+        raise ValueError("equal_time snapshots the standard recipe only")
     images = load_images(dataset, img_size, 1, cache_dir=cache_dir)
     net = load_feature_net(dataset)
     results: dict[str, dict] = {}
@@ -87,8 +89,6 @@ def compare(steps: int = 500, width: int = 64, z_dim: int = 100, batch_size: int
     loader = seed_dataloader(data, batch_size) if workers else \
         torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True)
     snapshot = {"seconds": train_seconds} if equal_time else None
-    if equal_time and baseline != "standard":
-        raise ValueError("equal_time snapshots the standard recipe only")
     generator = trainer(loader, baseline_steps or steps, nz=z_dim, ngf=width, ndf=width, nc=1, img_size=img_size,
                         seed=seed, device=device, **({"snapshot": snapshot} if equal_time else {})).cpu()
     train_seconds = round(time.perf_counter() - started, 1)
