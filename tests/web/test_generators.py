@@ -46,7 +46,7 @@ def test_upload_list_get_and_generate(api, redis_client):
     body = response.json
     assert response.headers["Location"] == f"/v1/generators/{body['id']}" == body["links"]["self"]
     assert (body["name"], body["size_bytes"], body["sha256"]) == ("mine", len(data), hashlib.sha256(data).hexdigest())
-    assert body["config"]["z_dim"] == 8 and body["config"]["lr"] == 2e-4  # the full validated config
+    assert body["config"]["z_dim"] == 8 and body["config"]["lr"] == 8e-4  # the full validated config
     assert (body["version"], body["ref"], body["source"], body["aliases"], body["lineage"]) == (1, "mine:1", "upload",
                                                                                                [], None)
     # One version read alone also lists the evaluate jobs that scored it (none yet).

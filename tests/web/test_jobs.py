@@ -24,7 +24,7 @@ def test_submit_train_job_commits_then_enqueues(api, redis_client):
     job = response.json
     assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["attempt"] == 0 and job["config"]["steps"] == 20
-    assert job["config"]["lr"] == 2e-4  # stored as the full validated config
+    assert job["config"]["lr"] == 8e-4  # stored as the full validated config
     messages = queued_messages(redis_client, "train")
     assert [m["headers"]["task"] for m in messages] == ["dcgan.train"]
     assert messages[0]["headers"]["argsrepr"] == repr([job["id"]])

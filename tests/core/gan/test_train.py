@@ -203,7 +203,7 @@ def test_a_resumed_run_keeps_its_best_so_far(tmp_path, digits, device, cache_dir
 
 
 def test_lr_d_sets_only_the_discriminators_rate(tmp_path, digits):
-    same = Trainer(tiny_config(lr=3e-4), digits, tmp_path / "same")
+    same = Trainer(tiny_config(lr=3e-4, lr_d=None), digits, tmp_path / "same")  # None: D follows lr
     assert [g["lr"] for g in same.opt_g.param_groups + same.opt_d.param_groups] == [3e-4, 3e-4]
     ttur = Trainer(tiny_config(lr=3e-4, lr_d=9e-4), digits, tmp_path / "ttur")
     assert ttur.opt_g.param_groups[0]["lr"] == 3e-4 and ttur.opt_d.param_groups[0]["lr"] == 9e-4
