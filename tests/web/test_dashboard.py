@@ -333,6 +333,37 @@ def test_the_job_page_has_its_hooks_and_a_succeeded_job_offers_generate(api_app,
     assert (seed_ranges([1, 2, 3, 7]).count, str(seed_ranges([1, 2, 3, 7])), seed_ranges(None)) == (4, "1-3,7", None)
 
 
+def test_a_job_that_starts_while_its_page_is_made_shows_running_or_is_replayed(api_app, redis_client, monkeypatch):
+    # The page reads the job and its timeline in two calls; a worker may claim the job between them. Its status
+    # and the stream's starting event must agree: a page saying "queued" whose stream starts after the job's
+    # "running" event would show "queued" until the job ends (seen in the browser test on a slow CPU).
+    from core.jobs import claim_job, newest_event_id
+    from web.pages import api as page_api
+
+    client = signed_in(api_app)
+    job_id = submit_job(api_app, client)
+    calls = page_api.call
+
+    def a_worker_claims_after_the_first_read(method, path, **request_args):
+        answer = calls(method, path, **request_args)
+        if path.startswith(f"/v1/jobs/{job_id}") and not claimed:
+            with api_app.extensions["dcgan"]["sessions"]() as session:
+                claimed.append(claim_job(session, uuid.UUID(job_id), "worker-1", lease_seconds=60))
+                session.commit()
+        return answer
+
+    claimed: list = []
+    monkeypatch.setattr(page_api, "call", a_worker_claims_after_the_first_read)
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert claimed == [1]
+    status = re.search(r'data-status="([^"]+)"', page).group(1)
+    last_event_id = int(re.search(r'data-last-event-id="(\d+)"', page).group(1))
+    with api_app.extensions["dcgan"]["sessions"]() as session:
+        newest = newest_event_id(session, uuid.UUID(job_id))
+    # The job is read last, so it shows running, and the stream replays the start after the timeline's last event.
+    assert status == "running" and last_event_id < newest, (status, last_event_id, newest)
+
+
 def test_the_openapi_document_has_no_pages(api_app):
     paths = api_app.test_client().get("/v1/openapi.json").json["paths"]
     assert "/v1/jobs" in paths and not [p for p in paths if p.startswith(("/jobs", "/signin", "/compare", "/static"))]

@@ -64,9 +64,12 @@ def _listed(path: str, key: str) -> list[dict[str, Any]]:
 @bp.get("/jobs/<job_id>")
 def job(job_id: str, generate_errors: dict[str, str] | None = None, generate_values: dict[str, str] | None = None,
         status: int = 200):
+    # The timeline first, then the job: the page's stream goes on after the timeline's last event, so a
+    # change between the two reads (a worker starting the job) is replayed by the stream, never skipped,
+    # and the status shown is never older than that last event.
+    answer = api.get(f"/v1/jobs/{job_id}/events")
     found = job_or_404(job_id)
     generate_schema = api.schema("GenerateJobRequest")["properties"]
-    answer = api.get(f"/v1/jobs/{job_id}/events")
     timeline = answer.body if answer.ok and isinstance(answer.body, dict) else {}
     values = generate_values or {"seeds": DEFAULT_SEEDS, "nrow": str(DEFAULT_NROW),
                                  "truncation": str(generate_schema["truncation"].get("default", ""))}
