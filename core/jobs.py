@@ -515,12 +515,13 @@ def list_artifacts(session: Session, job_id: uuid.UUID) -> list[Artifact]:
     return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.key)))
 
 
-def list_events(session: Session, job_id: uuid.UUID) -> list[JobEvent]:
+def list_events(session: Session, job_id: uuid.UUID, up_to: int | None = None) -> list[JobEvent]:
     """The job's timeline: state changes and notes, oldest first (not the stream's progress, samples,
-    checkpoints and `completed`)."""
-    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id,
-                                                       JobEvent.kind.not_in(STREAM_ONLY_KINDS))
-                                .order_by(JobEvent.id)))
+    checkpoints and `completed`); with `up_to`, only events up to that id."""
+    query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind.not_in(STREAM_ONLY_KINDS))
+    if up_to is not None:
+        query = query.where(JobEvent.id <= up_to)
+    return list(session.scalars(query.order_by(JobEvent.id)))
 
 
 def newest_event_id(session: Session, job_id: uuid.UUID) -> int:

@@ -317,10 +317,13 @@ def cancel(job_id: str):
            {200: "events and last_event_id"})
 def events(job_id: str):
     job = job_or_404(job_id)
+    # Where the stream goes on first, then the timeline up to it: an event written between the two reads is
+    # then the stream's to send, never counted in last_event_id while missing from the list.
+    last_event_id = jobs.newest_event_id(db(), job.id)
     return {"events": [{"id": e.id, "at": iso(e.at), "kind": e.kind, "attempt": e.attempt,
                         "detail": jobs.tenant_view(e.detail)}
-                       for e in jobs.list_events(db(), job.id)],
-            "last_event_id": jobs.newest_event_id(db(), job.id)}
+                       for e in jobs.list_events(db(), job.id, up_to=last_event_id)],
+            "last_event_id": last_event_id}
 
 
 @bp.get("/<job_id>/metrics")

@@ -247,6 +247,34 @@ def test_last_event_id_may_come_in_the_query_for_a_first_connection_and_the_time
     assert bad.status_code == 422 and [e["field"] for e in bad.json["errors"]] == ["last_event_id"]
 
 
+def test_an_event_written_while_the_timeline_is_read_is_listed_or_left_to_the_stream(api_app, monkeypatch):
+    # The timeline is two queries (the events, the newest id); a worker may write an event between them. Each
+    # event must be either in the list or after last_event_id, where the stream sends it, never neither.
+    client = authorized_client(api_app)
+    job_id, parsed = run_job(api_app, client, steps=20, finish=None)
+    written: list[bool] = []
+
+    def then_a_worker_writes(read):
+        def wrapped(session, *args, **kwargs):
+            result = read(session, *args, **kwargs)
+            if not written:
+                with api_app.extensions["dcgan"]["sessions"]() as other:
+                    written.append(jobs.record_event(other, parsed, 1, "log", {"message": "between the reads"}))
+                    other.commit()
+            return result
+        return wrapped
+
+    for name in ("list_events", "newest_event_id"):
+        monkeypatch.setattr(jobs, name, then_a_worker_writes(getattr(jobs, name)))
+    timeline = client.get(f"/v1/jobs/{job_id}/events").json
+    assert written == [True]
+    monkeypatch.undo()
+    everything = client.get(f"/v1/jobs/{job_id}/events").json["events"]
+    listed = {e["id"] for e in timeline["events"]}
+    lost = [e for e in everything if e["id"] not in listed and e["id"] <= timeline["last_event_id"]]
+    assert not lost and everything[-1]["detail"] == {"message": "between the reads"}, (timeline, everything)
+
+
 def test_when_the_hub_cannot_read_its_streams_end_so_their_clients_reconnect(api_app, monkeypatch):
     from sqlalchemy.exc import OperationalError
 
