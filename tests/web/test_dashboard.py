@@ -333,7 +333,8 @@ def test_the_job_page_has_its_hooks_and_a_succeeded_job_offers_generate(api_app,
     assert (seed_ranges([1, 2, 3, 7]).count, str(seed_ranges([1, 2, 3, 7])), seed_ranges(None)) == (4, "1-3,7", None)
 
 
-def test_a_job_that_starts_while_its_page_is_made_shows_running_or_is_replayed(api_app, redis_client, monkeypatch):
+def test_a_job_that_starts_while_its_page_is_made_shows_running_and_its_stream_replays_the_start(
+        api_app, redis_client, monkeypatch):
     # The page reads the job and its timeline in two calls; a worker may claim the job between them. Its status
     # and the stream's starting event must agree: a page saying "queued" whose stream starts after the job's
     # "running" event would show "queued" until the job ends (seen in the browser test on a slow CPU).
@@ -343,6 +344,7 @@ def test_a_job_that_starts_while_its_page_is_made_shows_running_or_is_replayed(a
     client = signed_in(api_app)
     job_id = submit_job(api_app, client)
     calls = page_api.call
+    claimed: list = []
 
     def a_worker_claims_after_the_first_read(method, path, **request_args):
         answer = calls(method, path, **request_args)
@@ -352,7 +354,6 @@ def test_a_job_that_starts_while_its_page_is_made_shows_running_or_is_replayed(a
                 session.commit()
         return answer
 
-    claimed: list = []
     monkeypatch.setattr(page_api, "call", a_worker_claims_after_the_first_read)
     page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
     assert claimed == [1]
