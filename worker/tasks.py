@@ -20,7 +20,7 @@ upload that would pass the tenant's storage quota (`storage_quota`) become FAILE
 `error_type` and are not retried; anything else is a bug, recorded as `internal_error` and re-raised so
 Celery logs its traceback. A training job keeps its newest Settings.keep_checkpoints intermediate
 checkpoints (plus the final, the best step's and the one its row resumes from); older ones are deleted as
-new ones land (worker.attempt.Attempt.delete_checkpoints).
+new ones land, and when a resumed attempt starts (worker.attempt.Attempt.delete_checkpoints).
 
 The database engine and artifact store are built on first use from the app's settings
 (`app.conf.dcgan_settings`, set by `worker.celery_app.make_celery`), so importing this module only
@@ -295,6 +295,10 @@ class _TrainHooks:
             self.run.write(jobs.discard_metrics_after, step)
             self.run.write(jobs.record_event, "resumed_from_step" if step else "started",
                            {"step": step, **({"key": self.resumed_from.key} if self.resumed_from else {})})
+            if self.resumed_from is not None:
+                # A lost attempt killed between recording a checkpoint and pruning the older ones left one
+                # more than the retention setting; prune now, before the next upload counts it against the quota.
+                self.run.delete_checkpoints(self.run.context.settings.keep_checkpoints, final=False)
         self.run.heartbeat()
         if self.stop_reason is not None:
             return True

@@ -24,8 +24,8 @@ from PIL import Image
 
 from core import jobs, quotas
 from core.auth import create_key
-from core.db import Job, ensure_tenant
-from core.storage import job_prefix
+from core.db import Artifact, Job, ensure_tenant, utcnow
+from core.storage import checkpoint_key, job_prefix
 from tests.worker.conftest import start_worker, stop_worker
 from tests.worker.test_tasks import TINY, create, send, wait_finished, wait_until
 from web import create_app
@@ -45,12 +45,13 @@ def reaper(settings, tmp_path_factory):
 
 @pytest.fixture
 def workers(settings, tmp_path, request):
-    """Start workers with DCGAN_KEEP_CHECKPOINTS=2 and a 3 MB tenant quota; all stopped after the test."""
+    """Start workers with DCGAN_KEEP_CHECKPOINTS=2 and a tenant quota (3 MB unless given); all stopped after the
+    test."""
     started = []
     request.node.started_workers = started  # their logs go into the report of a failing test
 
-    def start():
-        env = {**FAST_LEASES, "DCGAN_KEEP_CHECKPOINTS": str(KEEP), "DCGAN_TENANT_STORAGE_BYTES": str(QUOTA)}
+    def start(quota: int = QUOTA):
+        env = {**FAST_LEASES, "DCGAN_KEEP_CHECKPOINTS": str(KEEP), "DCGAN_TENANT_STORAGE_BYTES": str(quota)}
         started.append(start_worker(settings, tmp_path / f"worker-{len(started) + 1}.log", env=env))
         return started[-1]
 
@@ -88,8 +89,11 @@ def test_a_job_keeps_its_newest_checkpoints_the_final_and_the_best(workers, cele
         assert hashlib.sha256(store.get_bytes(artifact.key)).hexdigest() == artifact.sha256, artifact.key
 
 
-def test_a_killed_worker_resumes_from_a_kept_checkpoint(workers, reaper, celery_client, session_factory, tenant_id,
-                                                         store):
+def test_a_killed_worker_resumes_from_a_kept_checkpoint_and_prunes_the_extra_ones_first(workers, reaper, celery_client,
+                                                                                        session_factory, store):
+    with session_factory() as session:  # a tenant of its own: the quota below counts this job's objects only
+        tenant_id = ensure_tenant(session, f"resume-{uuid.uuid4().hex[:8]}").id
+        session.commit()
     first = workers()
     config = dict(TINY, steps=600, checkpoint_every=20, sample_every=0)
     job_id = create(session_factory, tenant_id, "train", config, {"dataset": "builtin:fake"})
@@ -101,11 +105,23 @@ def test_a_killed_worker_resumes_from_a_kept_checkpoint(workers, reaper, celery_
         job = session.get(Job, job_id)
         assert (job.status, job.attempt) == ("running", 1)
         at_kill = job.checkpoint_step
-    recorded, stored = checkpoint_steps(session_factory, store, tenant_id, job_id)
-    # A checkpoint is uploaded and recorded before the older ones are pruned, so a kill between the two leaves
-    # one more than KEEP (seen once: [60, 80, 100]); the resumed attempt prunes them (asserted below).
-    assert at_kill in recorded and len(recorded) <= KEEP + 1 and min(recorded) >= at_kill - 20 * KEEP, recorded
-    workers()
+        newest = jobs.checkpoints_newest_first(session, job_id)
+        size = newest[0].size
+        # A checkpoint is recorded before the older ones are pruned, so a kill between the two leaves one more
+        # than KEEP (seen: [60, 80, 100]). Make that state certain: one more recorded checkpoint, older than all.
+        extra = newest[-1].step - 20
+        key = checkpoint_key(tenant_id, job_id, extra)
+        stored = store.put_bytes(key, store.get_bytes(newest[-1].key))
+        name = key.removeprefix(job_prefix(tenant_id, job_id))
+        session.add(Artifact(id=uuid.uuid4(), job_id=job_id, key=key, name=name, size=stored.size,
+                             sha256=stored.sha256, content_type=newest[-1].content_type, step=extra, attempt=1,
+                             created_at=utcnow()))
+        session.commit()
+    recorded, _ = checkpoint_steps(session_factory, store, tenant_id, job_id)
+    assert at_kill in recorded and len(recorded) > KEEP, recorded
+    # Room for KEEP checkpoints and the one being uploaded (and, at the end, the generator and the grid), not for
+    # one more: a resumed attempt that kept the extra checkpoints would fail as storage_quota at its first upload.
+    workers(quota=3 * size + size // 2)
     job = wait_finished(session_factory, job_id)
     assert (job.status, job.attempt, job.progress["step"]) == ("succeeded", 2, 600), job.error_detail
     with session_factory() as session:
