@@ -6,7 +6,7 @@ last step's gradients already allocated) of core.gan.train.Trainer in a fresh su
              minus its RSS at that point: what the job adds to a worker process on the CPU;
   cuda       torch.cuda.max_memory_allocated over the same steps, when CUDA is present (run with --device cuda);
 against estimate_train's memory_bytes for the precision the trainer resolved. tests/core/gan/test_cost.py
-holds a few of these rows within 25%.
+holds a few of these rows at 0.85-1.35x.
 
 Run from the repo root:
   .venv/bin/python bench/cost_model.py                    # CPU, the whole table: ~3 minutes on 2 cores

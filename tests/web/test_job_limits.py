@@ -19,7 +19,7 @@ from tests.web.conftest import authorized_client, make_app
 from tests.web.test_generators import CONFIG, upload
 from tests.web.test_jobs import queued_messages
 
-MEMORY_LIMIT = 1024**3  # a batch of 194 at 64x64: a real two-step measurement in seconds, not a minute
+MEMORY_LIMIT = 1024**3  # a batch of 180 at 64x64: a real two-step measurement in seconds, not a minute
 DATASET = "builtin:fashion-mnist"  # 60,000 images: no batch is cut to the dataset's size
 # fp32: what the API's estimate of `auto` comes to anyway (it plans for the hungriest worker), measured as such.
 BASE = {"img_size": 64, "img_channels": 1, "precision": "fp32", "steps": 1000}

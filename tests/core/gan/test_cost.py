@@ -1,6 +1,7 @@
 """core.gan.cost against what the engine really allocates and writes: parameter counts against the built
 models, checkpoint, generator and grid sizes against the files, and peak memory against the peak RSS of
-real training steps in a subprocess (bench/cost_model.py's measurement), within 25%."""
+real training steps in a subprocess (bench/cost_model.py's measurement): from 0.85x to 1.35x of it, a band that
+leans high because the estimate is meant to err high (one row's peak moves by 5-12% from run to run)."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def test_a_grid_of_noise_stays_under_the_png_bound(count, size, channels):
     {"img_size": 128, "g_channels": 32, "d_channels": 32, "batch_size": 96, "precision": "fp32"},
     {"batch_size": 192, "spectral_norm": True, "minibatch_std": True, "loss": "hinge"},
 ], ids=["batch", "wide", "128-fp32", "sn-mbstd"])
-def test_memory_estimate_is_within_25_percent_of_a_measured_training_step(values):
+def test_memory_estimate_errs_high_within_a_band_of_a_measured_training_step(values):
     measured = measure_train(values, steps=2)
     c = config(**values)
     estimate = cost.estimate_train(c, num_images=measured["num_images"], precision=measured["precision"])
@@ -75,7 +76,7 @@ def test_memory_estimate_is_within_25_percent_of_a_measured_training_step(values
     print(f"{values} ({measured['precision']}): estimate {cost.human_bytes(estimate.memory_bytes)}, measured "
           f"{cost.human_bytes(measured['rss_peak_bytes'])}, ratio {ratio:.2f}")
     assert measured["rss_peak_bytes"] > 300 * 1024**2  # large enough that no constant decides the ratio
-    assert 0.75 <= ratio <= 1.25
+    assert 0.85 <= ratio <= 1.35
 
 
 def test_auto_precision_is_estimated_for_the_hungriest_device():
