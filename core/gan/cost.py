@@ -46,8 +46,9 @@ FP32 = 4
 # term by 0.3 more: a weight-bound run's peak grows over its first steps (width 192, fp32: 1651 MiB after 2
 # steps, 1777 MiB after 20), an activation-bound one's does not (batch 256: 671 MiB after 2, 642 after 8).
 # The fp32 activation term by 0.1 more again (1.15 before): activation-bound fp32 rows still measured 0.97x, and
-# one row's peak moves by ~5% from run to run (batch 194 at 64x64, grayscale: 984-1094 MB over nine runs on
-# 2026-12-02), which took a single measurement past the estimate (tests/web/test_job_limits.py).
+# one row's peak moves by ~5% from run to run (batch 194 at 64x64, grayscale, 2026-12-02: 984-1067 MB over nine
+# runs alone, 1094 MB once inside the suite, which took that measurement past the estimate in
+# tests/web/test_job_limits.py).
 ACTIVATION_FACTOR = {"fp32": 1.25, "bf16": 0.66, "fp16": 0.66}
 AUGMENT_FACTOR = {"fp32": 17.5, "bf16": 7.0, "fp16": 7.0}
 WEIGHT_TRANSIENT_FACTOR = {"fp32": 1.45, "bf16": 1.35, "fp16": 1.35}
